@@ -1,0 +1,1 @@
+"""Networks and losses: one module per paper, shared blocks and heads."""

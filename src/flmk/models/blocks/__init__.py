@@ -1,0 +1,1 @@
+"""Reusable network blocks: hourglass, covariance pooling, attention."""
