@@ -1,0 +1,59 @@
+"""What every run leaves behind: metrics.json, errors_<split>.npy, ced_<split>.png, and a console table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from flmk.plots import plot_ced
+
+TABLE_KEYS = ("nme_io", "nme_ip", "nme_box", "fr@0.08", "fr@0.10", "auc@0.08", "auc@0.10", "count")
+
+
+def write_results(out_dir: Path, results: dict[str, dict], meta: dict) -> Path:
+    """Write metrics.json (+ per-image errors and CED plots) for every test split; returns metrics.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "splits": {}}
+    for split, entry in results.items():
+        per_image = entry["per_image"]
+        primary = meta.get("primary_nme", "nme_io")
+        errors = np.asarray(per_image.get(primary, next(iter(per_image.values()))), dtype=np.float64)
+        np.save(out_dir / f"errors_{split}.npy", errors)
+        plot_ced({f"{meta.get('model', 'model')} ({split})": errors}, t=0.10, path=out_dir / f"ced_{split}.png",
+                 title=f"CED, {meta.get('data', '')} {split} ({primary})")
+        payload["splits"][split] = dict(entry["metrics"])
+        if "mean_shape" in entry:
+            payload["splits"][split]["mean_shape"] = entry["mean_shape"]
+    path = out_dir / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def print_results(results: dict[str, dict], title: str, out_dir: Path | None = None) -> None:
+    """A rich table: NME / FR / AUC per split, and the mean-shape predictor beside it."""
+    table = Table(title=title)
+    table.add_column("split")
+    for key in TABLE_KEYS:
+        table.add_column(key, justify="right")
+    table.add_column("mean-shape nme_io", justify="right")
+    for split, entry in results.items():
+        m = entry["metrics"]
+        cells = []
+        for key in TABLE_KEYS:
+            v = m.get(key)
+            cells.append("-" if v is None else (f"{int(v)}" if key == "count" else f"{100 * v:.2f}"))
+        ms = entry.get("mean_shape", {}).get("nme_io")
+        cells.append("-" if ms is None else f"{100 * ms:.2f}")
+        table.add_row(split, *cells)
+    console = Console()
+    console.print(table)
+    console.print("NME, FR and AUC in percent.")
+    if out_dir is not None:
+        console.print(f"Run folder: {out_dir}")

@@ -1,0 +1,196 @@
+"""LandmarkDataModule: one training set, one validation set, any number of named test sets.
+
+Splits are written ``<source>/<split>`` where ``<source>`` is a key of
+``sources`` (data configs pull reader configs from ``conf/source/``), so a
+dataset combination (300W-train / COFW-68-test, 300W + 300VW-train) is a
+config, not code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from flmk.data.records import FaceRecord
+from flmk.data.transforms import AugmentConfig, FaceTransform, apply_affine, crop_affine, to_tensor_image
+from flmk.layouts import Layout, get_layout
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 image; a clear error naming the file when it cannot be read."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        reason = "does not exist" if not Path(path).exists() else "is not a readable image"
+        raise OSError(f"image {path} {reason}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class FaceDataset(Dataset):
+    """Records -> crops.
+
+    Augmentation draws from torch's RNG, which Lightning seeds in the main
+    process and the DataLoader re-seeds in every worker each epoch from its
+    seeded generator: a fixed seed repeats a run exactly, epochs differ.
+    """
+
+    def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform):
+        self.records, self.layout, self.transform = records, layout, transform
+        for r in records:
+            if len(r.points) != layout.num_points:
+                raise ValueError(f"{r.source}: {len(r.points)} points, layout {layout.name} expects {layout.num_points}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        rng = np.random.default_rng([int(torch.randint(0, 2**62, ())), i])
+        visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
+        box = r.box_or_points_box()
+        out = self.transform(load_image(r.image), r.points, box, visible, rng)
+        s = self.transform.crop_size
+        return {
+            "image": torch.from_numpy(to_tensor_image(out["crop"])),
+            "points": torch.from_numpy(((out["points"] + 0.5) / s).astype(np.float32)),
+            "visible": torch.from_numpy(out["visible"].astype(np.float32)),
+            "has_visibility": torch.tensor(r.visible is not None),
+            "affine": torch.from_numpy(out["affine"].astype(np.float32)),
+            "target_orig": torch.from_numpy(r.points.astype(np.float32)),
+            "box": torch.from_numpy(box.astype(np.float32)),
+            "index": torch.tensor(i, dtype=torch.long),
+        }
+
+
+class LandmarkDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        sources: Mapping[str, DictConfig | dict],
+        layout: str,
+        train: Sequence[str],
+        test: Mapping[str, str | Sequence[str]],
+        val: Sequence[str] | None = None,
+        val_fraction: float = 0.05,
+        crop_size: int = 224,
+        augment: Mapping | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        name: str = "",
+        num_points: int | None = None,
+        stands_for: Mapping[str, str] | None = None,
+        comparable: bool = True,
+        **_: object,
+    ):
+        super().__init__()
+        self.source_cfgs = {k: v for k, v in sources.items()}
+        self.layout = get_layout(layout)
+        if num_points is not None and num_points != self.layout.num_points:
+            raise ValueError(f"data.num_points={num_points} but layout {self.layout.name} has {self.layout.num_points}")
+        self.train_specs = list(train)
+        self.val_specs = list(val) if val else None
+        self.val_fraction = val_fraction
+        self.test_specs = {k: [v] if isinstance(v, str) else list(v) for k, v in test.items()}
+        self.crop_size = crop_size
+        aug = OmegaConf.to_container(augment, resolve=True) if isinstance(augment, DictConfig) else dict(augment or {})
+        train_aug = {k: v for k, v in aug.items() if k != "crop_scale"}
+        self.eval_aug = AugmentConfig(crop_scale=aug.get("crop_scale", 1.25))
+        self.train_aug = AugmentConfig(crop_scale=aug.get("crop_scale", 1.25), **{
+            k: tuple(v) if isinstance(v, list) else v for k, v in train_aug.items() if k in AugmentConfig.__dataclass_fields__})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.name = name
+        self.stands_for = dict(stands_for or {})
+        self.comparable = comparable
+        self._sources: dict | None = None
+        self.splits: dict[str, list[FaceRecord]] = {}
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def sources(self) -> dict:
+        if self._sources is None:
+            self._sources = {k: instantiate(v) if isinstance(v, (DictConfig, dict)) else v
+                             for k, v in self.source_cfgs.items()}
+        return self._sources
+
+    def read(self, spec: str) -> list[FaceRecord]:
+        src_name, _, split = spec.partition("/")
+        if src_name not in self.sources:
+            raise KeyError(f"split {spec!r}: no source {src_name!r} in data.sources ({', '.join(self.sources)})")
+        records = self.sources[src_name].read(split)
+        if not records:
+            raise ValueError(f"split {spec!r} of {src_name} is empty")
+        return records
+
+    def prepare_data(self) -> None:
+        for src in self.sources.values():
+            if hasattr(src, "prepare"):
+                src.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if "train" in self.splits:
+            return
+        train = [r for spec in self.train_specs for r in self.read(spec)]
+        if self.val_specs:
+            val = [r for spec in self.val_specs for r in self.read(spec)]
+        else:  # hold out a fixed fraction of the training set: model selection never sees a test split
+            order = np.random.default_rng(self.seed).permutation(len(train))
+            n_val = max(1, int(round(self.val_fraction * len(train))))
+            val = [train[i] for i in order[:n_val]]
+            train = [train[i] for i in sorted(order[n_val:])]
+        self.splits = {"train": train, "val": val}
+        for name, specs in self.test_specs.items():
+            self.splits[f"test/{name}"] = [r for spec in specs for r in self.read(spec)]
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def dataset(self, split: str) -> FaceDataset:
+        train = split == "train"
+        transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
+        return FaceDataset(self.splits[split], self.layout, transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    @property
+    def test_names(self) -> list[str]:
+        return list(self.test_specs)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(f"test/{name}", shuffle=False) for name in self.test_names]
+
+    def mean_shape(self) -> np.ndarray:
+        """Mean training shape in crop-normalised coordinates, under the evaluation crop (N, 2)."""
+        pts = []
+        for r in self.splits["train"]:
+            m = crop_affine(r.box_or_points_box(), self.crop_size, self.eval_aug.crop_scale)
+            pts.append((apply_affine(m, r.points) + 0.5) / self.crop_size)
+        return np.mean(pts, axis=0).astype(np.float32)

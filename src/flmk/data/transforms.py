@@ -1,0 +1,132 @@
+"""Face crops and augmentation.
+
+Geometry is one affine per sample (original pixels -> crop pixels, cv2
+convention) composed from the face box, random rotation / scale /
+translation and a horizontal flip; the image is warped once with it, the
+points are mapped with it, and it is kept with the sample so predictions map
+back (docs/ARCHITECTURE.md, "Coordinates"). A flip also permutes point
+indices with the layout's flip map. Photometric augmentation (colour, blur,
+noise, random-erasing occlusion) is albumentations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from flmk.layouts import Layout
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the geometric and photometric augmentation (conf/augment/*.yaml)."""
+
+    crop_scale: float = 1.25  # crop side = crop_scale * max(box w, h)  [assume, notes §1.3]
+    rotation: float = 0.0  # degrees: uniform in ±rotation, or N(0, rotation) clipped at 2σ when gaussian
+    rotation_dist: str = "uniform"
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom range
+    translation: float = 0.0  # fraction of the crop side
+    flip: float = 0.0  # probability
+    color: float = 0.0  # probability of colour jitter
+    blur: float = 0.0
+    noise: float = 0.0
+    erase: float = 0.0  # random-erasing style occlusion probability
+    extra: dict = field(default_factory=dict)
+
+
+def crop_affine(box: np.ndarray, crop_size: int, crop_scale: float, rotation_deg: float = 0.0,
+                zoom: float = 1.0, shift: tuple[float, float] = (0.0, 0.0), flip: bool = False) -> np.ndarray:
+    """Affine (2x3) taking original pixels to crop pixels.
+
+    The box centre goes to the crop centre, the box's longer side times
+    ``crop_scale`` spans the crop, then rotation about the centre, zoom,
+    shift (in crop pixels) and an optional mirror.
+    """
+    x1, y1, x2, y2 = box
+    centre = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0])
+    side = max(x2 - x1, y2 - y1, 1.0) * crop_scale
+    s = crop_size / side * zoom
+    theta = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) * s
+    half = (crop_size - 1) / 2.0
+    t = np.array([half, half]) + np.asarray(shift) - rot @ centre
+    m = np.concatenate([rot, t[:, None]], axis=1)
+    if flip:
+        mirror = np.array([[-1.0, 0.0, crop_size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        m = (mirror @ np.vstack([m, [0, 0, 1]]))[:2]
+    return m
+
+
+def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ m[:, :2].T + m[:, 2]
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+class FaceTransform:
+    """Samples a crop affine, warps the image, maps and permutes the points."""
+
+    def __init__(self, layout: Layout, crop_size: int, cfg: AugmentConfig, train: bool):
+        self.layout, self.crop_size, self.cfg, self.train = layout, crop_size, cfg, train
+        photometric = []
+        if train:
+            if cfg.color > 0:
+                photometric.append(A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=cfg.color))
+            if cfg.blur > 0:
+                photometric.append(A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur))
+            if cfg.noise > 0:
+                photometric.append(A.GaussNoise(std_range=(0.02, 0.08), p=cfg.noise))
+            if cfg.erase > 0:
+                photometric.append(
+                    A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.15, 0.4),
+                                    hole_width_range=(0.15, 0.4), fill="random", p=cfg.erase)
+                )
+        self.photometric = A.Compose(photometric) if photometric else None
+
+    def sample_params(self, rng: np.random.Generator) -> dict:
+        c = self.cfg
+        if not self.train:
+            return dict(rotation_deg=0.0, zoom=1.0, shift=(0.0, 0.0), flip=False)
+        if c.rotation_dist == "gaussian":
+            rot = float(np.clip(rng.normal(0.0, c.rotation), -2 * c.rotation, 2 * c.rotation)) if c.rotation else 0.0
+        else:
+            rot = float(rng.uniform(-c.rotation, c.rotation))
+        zoom = float(rng.uniform(*c.scale))
+        shift = tuple(rng.uniform(-c.translation, c.translation, size=2) * self.crop_size)
+        flip = bool(rng.random() < c.flip)
+        return dict(rotation_deg=rot, zoom=zoom, shift=shift, flip=flip)
+
+    def __call__(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, visible: np.ndarray,
+                 rng: np.random.Generator) -> dict:
+        p = self.sample_params(rng)
+        m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
+        crop = cv2.warpAffine(image, m, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        pts = apply_affine(m, points)
+        if p["flip"]:
+            perm = self.layout.flip_index
+            pts, visible = pts[perm], visible[perm]
+        if self.photometric is not None:
+            crop = self.photometric(image=crop)["image"]
+        return dict(crop=crop, points=pts, visible=visible, affine=m, flipped=p["flip"])
+
+
+def to_tensor_image(crop: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 3xHxW, ImageNet-normalised."""
+    x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def to_uint8_image(x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_tensor_image`, for visualisation."""
+    img = x.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8)

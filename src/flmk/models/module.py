@@ -1,0 +1,164 @@
+"""LandmarkModule: any network that returns a dict, any loss that returns named terms.
+
+Predictions are crop-normalised; they are mapped back to original pixels
+with the inverse crop affine before any metric (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from flmk.layouts import get_layout
+from flmk.metrics import LandmarkMetrics
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; training stops and the last good checkpoint stays as it was."""
+
+
+def to_original(points: torch.Tensor, affine: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Crop-normalised (..., N, 2) -> original pixels, with the (..., 2, 3) original->crop affine."""
+    u = points.float() * crop_size - 0.5
+    lin, t = affine[..., :2].float(), affine[..., 2].float()
+    return torch.linalg.solve(lin, (u - t.unsqueeze(-2)).transpose(-1, -2)).transpose(-1, -2)
+
+
+def flatten_clips(batch: dict, outputs: dict) -> tuple[dict, dict]:
+    """(B, T, ...) clip tensors -> (B*T, ...) frames, keeping only frames marked valid."""
+    if batch["image"].dim() != 5:
+        return batch, outputs
+    valid = batch.get("valid")
+    b, t = batch["image"].shape[:2]
+    keep = valid.reshape(-1) if valid is not None else torch.ones(b * t, dtype=torch.bool, device=batch["image"].device)
+
+    def flat(x):
+        if not torch.is_tensor(x) or x.dim() < 2 or x.shape[:2] != (b, t):
+            return x
+        return x.reshape(b * t, *x.shape[2:])[keep]
+
+    fb = {k: flat(v) for k, v in batch.items()}
+    if "index" in batch and batch["index"].dim() == 1:  # clip index -> frame id
+        fb["index"] = (batch["index"][:, None] * t + torch.arange(t, device=batch["index"].device)).reshape(-1)[keep]
+    return fb, {k: flat(v) for k, v in outputs.items()}
+
+
+class LandmarkModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        layout: str,
+        crop_size: int,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        primary_nme: str = "nme_io",
+        test_names: list[str] | None = None,
+        mean_shape: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
+        self.layout = get_layout(layout)
+        self.crop_size = crop_size
+        self.primary_nme = primary_nme
+        self.test_names = list(test_names or [])
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "mean_shape"])
+        self.register_buffer("mean_shape", torch.full((self.layout.num_points, 2), float("nan")))
+        if mean_shape is not None:
+            self.set_mean_shape(mean_shape)
+        self.val_metric = self._metric()
+        self.test_metrics = nn.ModuleList()
+        self.mean_shape_metrics = nn.ModuleList()
+        self.test_results: dict[str, dict] = {}
+
+    def _metric(self) -> LandmarkMetrics:
+        return LandmarkMetrics(self.layout.name, primary=self.primary_nme.removeprefix("nme_"))
+
+    def set_mean_shape(self, mean_shape: np.ndarray | torch.Tensor) -> None:
+        self.mean_shape.copy_(torch.as_tensor(mean_shape, dtype=torch.float32))
+        if hasattr(self.net, "set_mean_shape"):
+            self.net.set_mean_shape(self.mean_shape)
+
+    def forward(self, image: torch.Tensor) -> dict:
+        return self.net(image)
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int):
+        outputs = self.net(batch["image"])
+        terms = self.loss(outputs, batch, self.net)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            raise NonFiniteLossError(
+                f"loss is {float(loss)} at epoch {self.current_epoch}, step {self.global_step} (terms: {values}). "
+                "Training stopped; checkpoints written before this step are untouched. Lower the learning rate "
+                "or enable gradient clipping (trainer.gradient_clip_val)."
+            )
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=bs,
+                      sync_dist=False)
+        self.log("train_loss", loss.detach(), prog_bar=True, batch_size=bs, logger=False)
+        return loss
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _update(self, metric: LandmarkMetrics, batch: dict, points: torch.Tensor) -> None:
+        metric.update(
+            to_original(points, batch["affine"], self.crop_size),
+            batch["target_orig"],
+            box=batch.get("box"),
+            visible=batch.get("visible"),
+            has_visibility=batch.get("has_visibility"),
+            ids=batch["index"],
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        batch, outputs = flatten_clips(batch, self.net(batch["image"]))
+        self._update(self.val_metric, batch, outputs["points"])
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_metric.compute()
+        self.val_metric.reset()
+        self.log_dict({f"val/{k}": float(v) for k, v in result.items() if k != "count"}, sync_dist=False)
+        self.log("val/nme", float(result[self.primary_nme]), prog_bar=True)
+
+    def on_test_start(self) -> None:
+        names = self.test_names or ["test"]
+        self.test_metrics = nn.ModuleList([self._metric() for _ in names]).to(self.device)
+        self.mean_shape_metrics = nn.ModuleList([self._metric() for _ in names]).to(self.device)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        batch, outputs = flatten_clips(batch, self.net(batch["image"]))
+        self._update(self.test_metrics[dataloader_idx], batch, outputs["points"])
+        if torch.isfinite(self.mean_shape).all():
+            mean = self.mean_shape.expand_as(batch["points"])
+            self._update(self.mean_shape_metrics[dataloader_idx], batch, mean)
+
+    def on_test_epoch_end(self) -> None:
+        names = self.test_names or ["test"]
+        for name, metric, mean_metric in zip(names, self.test_metrics, self.mean_shape_metrics):
+            if not metric.update_called:
+                continue
+            result = {k: float(v) for k, v in metric.compute().items()}
+            entry = {"metrics": result, "per_image": metric.per_image()}
+            if mean_metric.update_called:
+                entry["mean_shape"] = {k: float(v) for k, v in mean_metric.compute().items()}
+            self.test_results[name] = entry
+            self.log_dict({f"test/{name}/{k}": v for k, v in result.items() if k != "count" and math.isfinite(v)},
+                          add_dataloader_idx=False)
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = self.net.param_groups() if hasattr(self.net, "param_groups") else self.net.parameters()
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
