@@ -1,0 +1,159 @@
+"""FAN 2D-heatmap baseline of 1D-HM Tables 1 and 3 (Bulat & Tzimiropoulos 2017; Newell et al. 2016).
+
+    image S x S -> stacked hourglass (S/4 features) -> last stack -> 2D deconvolutions to L x L -> N heatmaps
+
+Intermediate stacks predict S/4 heatmaps that are supervised and re-injected into the next stack
+(FAN / Newell); ``pool`` picks FAN's average or Newell's max pooling. The decoder is a switch:
+``argmax`` / ``dark`` train on the heatmap L2 of eq. 2 targets; ``integral`` (Sun et al.) and
+``dsnt`` (Nibali et al.) read the heatmap as logits, decode by soft-argmax and train on
+coordinates (L1, resp. Euclidean + the DSNT Jensen-Shannon regulariser).
+:class:`FAN2DTracker` is the 2D tracker of Table 1: a recurrent (ConvGRU) encoder-decoder refining
+each frame's heatmaps (Peng et al. 2016).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from flmk.models.blocks.hourglass import Pool, StackedHourglass
+from flmk.models.heads.decoders import DECODERS_2D, check_decoder, decode_2d, dsnt_regulariser, soft_argmax_2d
+from flmk.models.heads.heatmap2d import Heatmap2DHead
+from flmk.models.heads.targets import gaussian_2d, heatmap_l2, sigma_in_bins
+from flmk.models.hm1d import check_crop
+from flmk.models.tracking import ConvGRUMemory, HeatmapTracker, TemporalRefiner
+
+
+class FAN2D(nn.Module):
+    """``forward(image)`` -> points, heatmap (B, N, L, L) and, with intermediate supervision,
+    heatmap_stacks (B, num_stacks - 1, N, S/4, S/4)."""
+
+    visual_keys = ("heatmap",)
+    heatmap_keys = ("heatmap",)
+
+    def __init__(
+        self,
+        num_points: int,
+        crop_size: int = 256,
+        num_stacks: int = 4,
+        channels: int = 256,
+        hourglass_depth: int = 4,
+        pool: Pool = "avg",
+        length: int = 64,
+        deconv_channels: int = 256,
+        upsample_factors: Sequence[int] | None = None,
+        sigma: float = 2.0,
+        min_sigma_bins: float = 1.0,
+        decoder: str = "argmax",
+        intermediate_supervision: bool = True,
+    ) -> None:
+        super().__init__()
+        self.feature_size = check_crop(crop_size, hourglass_depth, "fan2d")
+        self.crop_size, self.length = crop_size, length
+        self.decoder = check_decoder(decoder, DECODERS_2D, "model.net (fan2d)")
+        self.sigma_bins = sigma_in_bins(sigma, crop_size, length, min_sigma_bins)
+        self.stack_sigma_bins = sigma_in_bins(sigma, crop_size, self.feature_size, min_sigma_bins)
+        self.backbone = StackedHourglass(num_stacks, channels, depth=hourglass_depth, pool=pool)
+        inner = num_stacks - 1 if intermediate_supervision else 0
+        self.stack_heads = nn.ModuleList(nn.Conv2d(channels, num_points, 1) for _ in range(inner))
+        self.remaps = nn.ModuleList(nn.Conv2d(num_points, channels, 1) for _ in range(inner))  # re-injection
+        self.head = Heatmap2DHead(channels, self.feature_size, num_points, length, deconv_channels, upsample_factors)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if image.shape[-2:] != (self.crop_size, self.crop_size):
+            raise ValueError(f"fan2d: image is {tuple(image.shape[-2:])}, model.crop_size is {self.crop_size}")
+        hg = self.backbone
+        x, stack_maps = hg.stem(image), []
+        for i, stack in enumerate(hg.stacks):
+            feat = stack(x)
+            if i < len(hg.stacks) - 1:
+                x = x + hg.merges[i](feat)
+                if self.stack_heads:
+                    stack_maps.append(self.stack_heads[i](feat))
+                    x = x + self.remaps[i](stack_maps[-1])
+        out = {"heatmap": self.head(feat)}
+        out["points"] = self.decode_heatmaps(out)
+        if stack_maps:
+            out["heatmap_stacks"] = torch.stack(stack_maps, 1)
+        return out
+
+    def decode_heatmaps(self, heatmaps: dict[str, torch.Tensor]) -> torch.Tensor:
+        return decode_2d(heatmaps["heatmap"], self.decoder, self.sigma_bins)
+
+    def targets(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(..., N, 2) -> eq. 2 Gaussians: heatmap (..., N, L, L), heatmap_stacks (..., 1, N, S/4, S/4)."""
+        return {
+            "heatmap": gaussian_2d(points, self.length, self.sigma_bins),
+            "heatmap_stacks": gaussian_2d(points, self.feature_size, self.stack_sigma_bins).unsqueeze(-4),
+        }
+
+
+class FAN2DTracker(HeatmapTracker):
+    """2D tracker baseline: a :class:`FAN2D` (every detector key passes through) + ConvGRU encoder-decoder."""
+
+    def __init__(
+        self,
+        num_points: int,
+        temporal_channels: int = 64,
+        temporal_layers: int = 3,
+        temporal_kernel: int = 3,
+        zero_init_refinement: bool = True,
+        detector_ckpt: str | None = None,
+        detector_lr_scale: float = 0.1,
+        lr: float | None = None,
+        **detector: object,
+    ) -> None:
+        memory = ConvGRUMemory(2, temporal_channels, temporal_kernel)
+        refiner = TemporalRefiner(2, num_points, temporal_channels, temporal_layers, temporal_kernel, memory,
+                                  zero_init_refinement)
+        super().__init__(FAN2D(num_points, **detector), {"heatmap": refiner}, detector_ckpt, detector_lr_scale, lr)
+
+
+class FAN2DLoss(nn.Module):
+    """Loss of the 2D baseline, chosen by ``net.decoder`` (the row's method):
+
+    argmax / dark: squared L2 to the eq. 2 Gaussians (``heatmap``, ``heatmap_intermediate``);
+    integral: L1 between soft-argmax and target coordinates (``coord``, Sun et al.);
+    dsnt: Euclidean distance (``coord``) + Jensen-Shannon to a Gaussian (``dsnt_reg``, Nibali et al.).
+    Sums over landmarks (and frames / stacks), mean over the batch; coordinates are crop-normalised.
+    """
+
+    def __init__(self, heatmap_weight: float = 1.0, intermediate_weight: float = 1.0, coord_weight: float = 1.0,
+                 dsnt_reg_weight: float = 1.0) -> None:
+        super().__init__()
+        self.heatmap_weight, self.intermediate_weight = heatmap_weight, intermediate_weight
+        self.coord_weight, self.dsnt_reg_weight = coord_weight, dsnt_reg_weight
+
+    def forward(self, outputs: dict, batch: dict, net: nn.Module) -> dict[str, torch.Tensor]:
+        points = batch["points"]
+        terms = {}
+        if net.decoder in ("argmax", "dark"):
+            targets = net.targets(points)
+            if self.heatmap_weight:
+                terms["heatmap"] = self.heatmap_weight * heatmap_l2(outputs["heatmap"], targets["heatmap"])
+            if self.intermediate_weight and "heatmap_stacks" in outputs:
+                stacks = outputs["heatmap_stacks"]
+                terms["heatmap_intermediate"] = self.intermediate_weight * heatmap_l2(
+                    stacks, targets["heatmap_stacks"].expand_as(stacks))
+        else:
+            maps = [(outputs["heatmap"], points, net.sigma_bins, 1.0)]
+            if self.intermediate_weight and "heatmap_stacks" in outputs:
+                maps.append((outputs["heatmap_stacks"], points.unsqueeze(-3), net.stack_sigma_bins, self.intermediate_weight))
+            b = points.shape[0]
+            if self.coord_weight:
+                terms["coord"] = self.coord_weight * sum(
+                    w * self._coordinate_error(soft_argmax_2d(h), p.expand(*h.shape[:-2], 2), net.decoder).sum() / b
+                    for h, p, _, w in maps)
+            if net.decoder == "dsnt" and self.dsnt_reg_weight:
+                terms["dsnt_reg"] = self.dsnt_reg_weight * sum(
+                    w * dsnt_regulariser(h, p.expand(*h.shape[:-2], 2), s).sum() / b for h, p, s, w in maps)
+        terms["loss"] = sum(terms.values()) if terms else points.new_zeros(())
+        return terms
+
+    @staticmethod
+    def _coordinate_error(pred: torch.Tensor, target: torch.Tensor, decoder: str) -> torch.Tensor:
+        if decoder == "integral":
+            return (pred - target.float()).abs().sum(-1)  # L1 (Sun et al.)
+        return (pred - target.float()).norm(dim=-1)  # Euclidean (DSNT)
