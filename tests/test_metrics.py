@@ -166,7 +166,7 @@ def test_metric_optional_keys_and_primary():
     m = LandmarkMetrics("19", primary="box")
     with pytest.raises(ValueError, match="needs box"):
         m.update(torch.zeros(1, 19, 2), torch.zeros(1, 19, 2))
-    with pytest.raises(ValueError, match=r"must both be \(B, 19, 2\)"):
+    with pytest.raises(ValueError, match=r"pred has shape \(1, 68, 2\), expected \(1, 19, 2\)"):
         m.update(torch.zeros(1, 68, 2), torch.zeros(1, 68, 2))
     with pytest.raises(RuntimeError, match="before any update"):
         m.compute()
@@ -197,7 +197,8 @@ def test_zero_normaliser_names_the_sample():
 
     _, gt, box = two_faces()
     gt[0, 42:48] = gt[0, 36:42]
-    with pytest.raises(ValueError, match=r"sample at batch position 0: inter-pupil normaliser is 0 — the centroids of points 36–41 and 42–47 coincide"):
+    msg = r"sample at batch position 0: inter-pupil normaliser is 0 — the centroids of points 36–41 and 42–47 coincide"
+    with pytest.raises(ValueError, match=msg):
         normaliser(gt, "68", "ip")
     box[1, 2] = 0.0
     with pytest.raises(ValueError, match=r"sample 8: face-box normaliser is 0 — face box \[0.0, 0.0, 0.0, 90.0\]"):
@@ -285,3 +286,15 @@ def test_ddp_two_processes_match_single(tmp_path):
     assert results[0]["count"] == 5
     for rank in (0, 1):
         assert results[rank] == pytest.approx(expected)
+
+
+def test_update_rejects_bad_shapes_and_non_finite_ground_truth():
+    pred, gt, box = two_faces()
+    m = LandmarkMetrics("68")
+    with pytest.raises(ValueError, match=r"visible has shape \(2, 67\), expected \(2, 68\)"):
+        m.update(pred, gt, visible=torch.ones(2, 67))
+    with pytest.raises(ValueError, match=r"box has shape \(2, 2\), expected \(2, 4\)"):
+        m.update(pred, gt, box=box[:, :2])
+    gt[1, 3, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"sample 5 \(y.png\): ground truth of points \[3\] is not finite"):
+        m.update(pred, gt, ids=torch.tensor([4, 5]), names=["x.png", "y.png"])

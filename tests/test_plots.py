@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib
 import matplotlib.image
 import numpy as np
 import pytest

@@ -201,15 +201,22 @@ class LandmarkMetrics(Metric):
         it is annotated (default: True where ``visible`` is given). ``ids`` (B,) long;
         ``names`` (B,) strings (e.g. image paths) are used only in error messages.
         """
-        B, N = gt.shape[:2]
-        if pred.shape != gt.shape or gt.shape != (B, self.layout.num_points, 2):
-            raise ValueError(
-                f"LandmarkMetrics(layout={self.layout.name}): pred {tuple(pred.shape)} and gt {tuple(gt.shape)} "
-                f"must both be (B, {self.layout.num_points}, 2)"
-            )
+        B, N = gt.shape[0], self.layout.num_points
+        expected = {"pred": (B, N, 2), "gt": (B, N, 2), "box": (B, 4), "visible": (B, N), "has_visibility": (B,),
+                    "ids": (B,)}
+        given = {"pred": pred, "gt": gt, "box": box, "visible": visible, "has_visibility": has_visibility, "ids": ids}
+        for key, x in given.items():
+            if x is not None and tuple(x.shape) != expected[key]:
+                raise ValueError(f"LandmarkMetrics(layout={self.layout.name}): {key} has shape {tuple(x.shape)}, "
+                                 f"expected {expected[key]}")
         if self.primary == "box" and box is None:
             raise ValueError("LandmarkMetrics(primary='box'): update() needs box (B, 4)")
         pred, gt = pred.detach().double(), gt.detach().double()
+        bad = ~torch.isfinite(gt).all(-1)  # (B, N)
+        if bad.any():
+            b = int(bad.any(-1).nonzero()[0])
+            raise ValueError(f"{_sample(b, ids, names)}: ground truth of points {bad[b].nonzero()[:, 0].tolist()} "
+                             "is not finite")
         box = box.detach().double() if box is not None and self.layout.has_box_normaliser else None
         kinds = NORMALISERS if box is not None else ("io", "ip")
         norms = {k: normaliser(gt, self.layout, k, box, ids=ids, names=names) for k in kinds}
