@@ -1,0 +1,271 @@
+"""CCDN: Cross-order Cross-semantic Deep Network (Wan, Lai, Shen, Zhou et al.).
+
+A regression port of Cross-X onto a 4-stack hourglass (IMPLEMENTATION_NOTES §4):
+
+    image 128² -> StackedHourglass -> HG-4 features 256×32²
+      -> block T−1: Residual(256→256, /2) carrying a CTM -> trunk + P side outputs X̂ᵖ_{T−1} (256×16²)
+      -> block T:   Residual(256→512, /2) carrying a CTM -> P side outputs X̂ᵖ_T (512×8²)
+      -> CFF (eq. 7) per excitation: X̂ᵖ_G (256×16²)
+      -> heads: per level ℓ ∈ {T, T−1, G}, concat_p GAP(X̂ᵖ_ℓ) -> Linear -> 2N, summed (notes §8 item 9)
+
+The CTM (eqs. 1–4) squeezes the residual branch by GAP (first order) and by
+global covariance pooling (second order) and re-weights it with P excitation
+blocks; the COCS regulariser (eqs. 5, 6, 8) pushes the P excitations apart.
+Variants: ``ccdn``; ``fcdn`` (first-order squeeze only, no second-order
+parameters); ``baseline`` (no CTM, no COCS: the hourglasses regress the points).
+P excitations live on one axis, (B, P, D, H, W); per-excitation weights are
+grouped convolutions, so nothing loops over excitations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flmk.models.baseline import squared_point_error
+from flmk.models.blocks.covpool import GlobalCovariancePooling
+from flmk.models.blocks.hourglass import Residual, StackedHourglass
+
+VARIANTS = ("ccdn", "fcdn", "baseline")
+HEADS = ("tgm_sum", "t_only")
+
+
+class ExcitationGates(nn.Module):
+    """P independent gates s^{p} = σ(W_U^{p} ReLU(W_V^{p} κ)) (eq. 3) as grouped 1×1 convs: κ (B, D) -> (B, P, D)."""
+
+    def __init__(self, channels: int, excitations: int, reduction: int = 4) -> None:
+        super().__init__()
+        if channels % reduction:
+            raise ValueError(f"CTM: channels {channels} not divisible by model.net.reduction={reduction}")
+        p, hidden = excitations, channels // reduction
+        self.excitations = p
+        self.mlp = nn.Sequential(
+            nn.Conv2d(p * channels, p * hidden, 1, groups=p),  # W_V^p: D -> D/4
+            nn.ReLU(inplace=True),
+            nn.Conv2d(p * hidden, p * channels, 1, groups=p),  # W_U^p: D/4 -> D
+            nn.Sigmoid(),
+        )
+
+    def forward(self, kappa: torch.Tensor) -> torch.Tensor:
+        b, d = kappa.shape
+        return self.mlp(kappa.repeat(1, self.excitations)[:, :, None, None]).view(b, self.excitations, d)
+
+
+class CTM(nn.Module):
+    """Cross-order two-squeeze multi-excitation module (eqs. 1–4): X (B, D, H, W) -> X̂ (B, P, D, H, W).
+
+    X̂ᵖ = s^{p,st} ⊙ X + s^{p,nd} ⊙ X (eq. 4) with κ_st = GAP(X) (eq. 1) and
+    κ_nd = GCP(X) (eq. 2). ``second_order=False`` is FCDN: no GCP, no nd gates.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        excitations: int = 4,
+        second_order: bool = True,
+        reduction: int = 4,
+        ns_iterations: int = 5,
+        covariance_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.first_order = ExcitationGates(channels, excitations, reduction)
+        self.gcp = GlobalCovariancePooling(ns_iterations, covariance_eps) if second_order else None
+        self.second_order = ExcitationGates(channels, excitations, reduction) if second_order else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.first_order(x.mean(dim=(2, 3)))  # eqs. 1, 3 (st)
+        if self.second_order is not None:
+            scale = scale + self.second_order(self.gcp(x).to(x.dtype))  # eqs. 2, 3 (nd); eq. 4 sums the orders
+        return scale[..., None, None] * x[:, None]
+
+
+class CTMResidual(nn.Module):
+    """Residual block whose branch also feeds a CTM (as Cross-X's OSME, notes §4.2).
+
+    Returns the un-excited trunk ``branch + skip`` and the P side outputs
+    X̂ᵖ = ReLU(CTM(branch)ᵖ + skip) (B, P, D, h, w); without a CTM the single
+    side output is ReLU(trunk).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, ctm: CTM | None) -> None:
+        super().__init__()
+        self.residual = Residual(in_channels, out_channels, stride)
+        self.ctm = ctm
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        branch, skip = self.residual.branch(x), self.residual.skip(x)
+        trunk = branch + skip
+        if self.ctm is None:
+            return trunk, F.relu(trunk)[:, None]
+        return trunk, F.relu(self.ctm(branch) + skip[:, None])
+
+
+class CFF(nn.Module):
+    """Cross-layer feature fusing (eq. 7), separate weights per excitation (grouped convs):
+
+    X̂ᵖ_G = BN(K₂ * (X̂ᵖ_{T−1} + Deconv(K₁ * X̂ᵖ_T))), K₁ 1×1 (D_T -> D), deconv k4 s2, K₂ 3×3.
+    """
+
+    def __init__(self, t_channels: int, channels: int, excitations: int) -> None:
+        super().__init__()
+        p = excitations
+        self.k1 = nn.Conv2d(p * t_channels, p * channels, 1, groups=p, bias=False)
+        self.deconv = nn.ConvTranspose2d(p * channels, p * channels, 4, stride=2, padding=1, groups=p)
+        self.k2 = nn.Conv2d(p * channels, p * channels, 3, padding=1, groups=p, bias=False)
+        self.bn = nn.BatchNorm2d(p * channels)
+
+    def forward(self, x_t: torch.Tensor, x_t1: torch.Tensor) -> torch.Tensor:
+        b, p = x_t1.shape[:2]
+        up = self.deconv(self.k1(x_t.flatten(1, 2)))
+        fused = self.bn(self.k2(x_t1.flatten(1, 2) + up))
+        return fused.view(b, p, -1, *fused.shape[-2:])
+
+
+class CCDN(nn.Module):
+    """4-stack hourglass + CTMs at T−1 and T + CFF + summed GAP/Linear heads -> ``points`` (B, N, 2).
+
+    Outputs: ``points``; ``pooled_t``, ``pooled_t1`` (and ``pooled_g`` when the
+    CFF exists), the per-excitation GAP features f_p (B, P, D) the COCS loss
+    reads (eq. 5); ``excitation_maps`` (B, P, h, w), one CAM-style face
+    activation map per excitation (Fig. 8, saved by flmk.evaluate; absent for
+    the baseline).
+    """
+
+    def __init__(
+        self,
+        num_points: int = 68,
+        variant: str = "ccdn",
+        excitations: int = 4,
+        head: str = "tgm_sum",
+        num_stacks: int = 4,
+        channels: int = 256,
+        hg_depth: int = 4,
+        stem_channels: tuple[int, int] = (64, 128),
+        pool: str = "max",
+        t_channels: int = 512,
+        reduction: int = 4,
+        ns_iterations: int = 5,
+        covariance_eps: float = 1e-5,
+        head_init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"model.net.variant must be one of {VARIANTS}, got {variant!r}")
+        if head not in HEADS:
+            raise ValueError(f"model.net.head must be one of {HEADS}, got {head!r}")
+        if excitations < 1:
+            raise ValueError(f"model.net.excitations must be >= 1, got {excitations}")
+        if variant == "baseline" and excitations != 1:
+            raise ValueError(
+                f"model.net.variant=baseline has no excitation blocks: set model.net.excitations=1 "
+                f"(got {excitations})"
+            )
+        self.num_points = num_points
+        self.variant = variant
+        self.excitations = excitations
+        self.backbone = StackedHourglass(num_stacks, channels, 3, hg_depth, tuple(stem_channels), pool)
+
+        def ctm(dim: int) -> CTM | None:
+            if variant == "baseline":
+                return None
+            return CTM(dim, excitations, variant == "ccdn", reduction, ns_iterations, covariance_eps)
+
+        self.block_t1 = CTMResidual(channels, channels, 2, ctm(channels))
+        self.block_t = CTMResidual(channels, t_channels, 2, ctm(t_channels))
+        self.levels: tuple[str, ...] = ("t", "t1", "g") if head == "tgm_sum" else ("t",)
+        has_cocs = variant != "baseline" and excitations > 1  # COCS needs the fused level G (eq. 8)
+        self.cff = CFF(t_channels, channels, excitations) if "g" in self.levels or has_cocs else None
+        widths = {"t": t_channels, "t1": channels, "g": channels}
+        self.heads = nn.ModuleDict({lvl: nn.Linear(excitations * widths[lvl], 2 * num_points) for lvl in self.levels})
+        for lin in self.heads.values():  # start at the mean shape
+            nn.init.normal_(lin.weight, std=head_init_std)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("mean_shape", torch.full((num_points, 2), 0.5))
+        self.visual_keys: tuple[str, ...] = () if variant == "baseline" else ("excitation_maps",)
+
+    def set_mean_shape(self, mean_shape: torch.Tensor) -> None:
+        """Predictions are offsets from this crop-normalised (N, 2) shape (LandmarkModule calls it)."""
+        self.mean_shape.copy_(mean_shape.to(self.mean_shape))
+
+    def level_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Side outputs X̂ᵖ_ℓ (B, P, D_ℓ, h, w) at levels ``t``, ``t1`` and (with the CFF) ``g``."""
+        top = self.backbone(image)[-1]
+        trunk, side_t1 = self.block_t1(top)
+        _, side_t = self.block_t(trunk)
+        features = {"t": side_t, "t1": side_t1}
+        if self.cff is not None:
+            features["g"] = self.cff(side_t, side_t1)  # eq. 7
+        return features
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.level_features(image)
+        pooled = {lvl: f.mean(dim=(-2, -1)) for lvl, f in features.items()}  # f_p before L2 (eq. 5)
+        offsets = sum(self.heads[lvl](pooled[lvl].flatten(1)) for lvl in self.levels)
+        out = {"points": self.mean_shape + offsets.view(-1, self.num_points, 2)}
+        out.update({f"pooled_{lvl}": f for lvl, f in pooled.items()})
+        if self.visual_keys:
+            with torch.no_grad():
+                out["excitation_maps"] = self.class_activation_maps(features).abs().mean(dim=2).float()
+        return out
+
+    def class_activation_maps(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CAM_k^p(h, w) = Σ_ℓ W_ℓ[k, p, :] · X̂ᵖ_ℓ(h, w) over the head levels, at T−1's size: (B, P, 2N, h, w).
+
+        Its spatial mean, summed over p, is the head output k minus the biases. The
+        Fig. 8 face activation map of excitation p is the mean over k of |CAM_k^p|.
+        """
+        size = features["t1"].shape[-2:]
+        cam = 0.0
+        for lvl in self.levels:
+            x = features[lvl]
+            w = self.heads[lvl].weight.view(2 * self.num_points, self.excitations, -1).to(x.dtype)
+            c = torch.einsum("bpdhw,kpd->bpkhw", x, w)
+            cam = cam + F.interpolate(c.flatten(1, 2), size=size, mode="nearest").view(*c.shape[:3], *size)
+        return cam
+
+
+def cross_semantic_loss(pooled: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """L(Q) = (‖Q‖_F² − ‖diag Q‖²) / ‖diag Q‖² (eq. 6) of pooled features (B, P, D), in fp32.
+
+    Q_{pp'} = (1/B²) Σ_{b,b'} ⟨f_{p,b}, f_{p',b'}⟩ over L2-normalised f (eq. 5, mean over all batch pairs).
+    """
+    with torch.autocast(device_type=pooled.device.type, enabled=False):
+        f = F.normalize(pooled.float(), dim=-1)
+        q = torch.einsum("bpd,cqd->pq", f, f) / f.shape[0] ** 2  # eq. 5
+        diag = q.diagonal().square().sum()
+        return (q.square().sum() - diag) / (diag + eps)  # eq. 6
+
+
+class CCDNLoss(nn.Module):
+    """Eq. 9: Σ_i ‖S*_i − Ŝ_i‖² + γ₁ L(Q^T) + γ₂ L(Q^{T−1}) + γ₃ L(Q^G).
+
+    Terms: ``regression``, ``cocs_t``, ``cocs_t1``, ``cocs_g`` (already weighted). A γ of
+    0 drops its term; with one excitation (p = 1, Baseline) there is no COCS term.
+    ``coordinate_scale`` sets the regression units (1: crop-normalised; 128: crop pixels).
+    """
+
+    def __init__(
+        self,
+        gamma1: float = 0.025,
+        gamma2: float = 0.01,
+        gamma3: float = 0.05,
+        coordinate_scale: float = 1.0,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.gammas = {"t": gamma1, "t1": gamma2, "g": gamma3}
+        self.coordinate_scale = coordinate_scale
+        self.eps = eps
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], net: nn.Module | None = None
+    ) -> dict[str, torch.Tensor]:
+        s = self.coordinate_scale
+        terms = {"regression": squared_point_error(outputs["points"] * s, batch["points"] * s)}
+        if outputs["pooled_t"].shape[1] > 1:  # eq. 8
+            for lvl, gamma in self.gammas.items():
+                if gamma > 0:
+                    terms[f"cocs_{lvl}"] = gamma * cross_semantic_loss(outputs[f"pooled_{lvl}"], self.eps)
+        terms["loss"] = sum(terms.values())
+        return terms
