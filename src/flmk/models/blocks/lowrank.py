@@ -63,7 +63,9 @@ class _NuclearNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         u, s, vh = ctx.saved_tensors
-        return grad * (u * torch.sign(s)) @ vh  # eq. 8: U sign(Sigma) V^T
+        # sign(Sigma) in floating point: singular values below the rank tolerance count as zero
+        sign = (s > s.max() * max(u.shape[0], vh.shape[1]) * torch.finfo(s.dtype).eps).to(s.dtype)
+        return grad * (u * sign) @ vh  # eq. 8: U sign(Sigma) V^T
 
 
 def nuclear_norm(m: torch.Tensor) -> torch.Tensor:
