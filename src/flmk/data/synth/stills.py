@@ -38,7 +38,7 @@ class SynthConfig:
     pitch_sd: float = 10.0
     roll_sd: float = 12.0
     box_frac: tuple[float, float] = (0.40, 0.75)   # landmark box side / image side
-    out_margin: float = 0.03           # how far (fraction of the side) the landmark box may leave the image
+    out_margin: float = 0.015          # how far (fraction of the side) the landmark box may leave the image
     p_occluded: float = 0.4            # share of occluded faces in train and val
     occluders: tuple[int, int] = (1, 2)  # inclusive range of occluders per occluded face
     occluder_kind_p: tuple[float, ...] = (0.35, 0.25, 0.15, 0.25)  # over OCCLUDER_KINDS
