@@ -20,6 +20,7 @@ WFLW coordinates are used as given (0-based, as HRNet and PIPNet use them).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ class WflwSource:
         self.subset_dir = self.root / subset_dir
         self.strict_subsets = strict_subsets
         self.name = name
+        self._parsed: dict[str, tuple[tuple[int, int], list[FaceRecord]]] = {}
 
     def splits(self) -> list[str]:
         return ["train", "test", *ATTRIBUTES]
@@ -142,10 +144,14 @@ class WflwSource:
         ]
 
     def _read_attr(self, split: str) -> list[FaceRecord]:
+        """The parsed rect_attr file (parsed once per source while unchanged; copies handed out)."""
         path = self.attr_file(split)
         if not path.exists():
             raise DatasetNotFoundError(self.name, path, WFLW_LAYOUT_DOC, WFLW_URL)
-        return [self._absolute(r) for r in read_list(path, with_attributes=True)]
+        stamp = (path.stat().st_mtime_ns, path.stat().st_size)
+        if self._parsed.get(split, (None,))[0] != stamp:
+            self._parsed[split] = (stamp, [self._absolute(r) for r in read_list(path, with_attributes=True)])
+        return [replace(r) for r in self._parsed[split][1]]
 
     def _read_official_subset(self, subset: str) -> list[FaceRecord]:
         path = self.subset_file(subset)
