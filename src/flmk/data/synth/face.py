@@ -20,7 +20,8 @@ import numpy as np
 
 from flmk.layouts import get_layout
 
-_FLIP = get_layout("68").flip_index
+_IBUG = get_layout("68")
+_FLIP = _IBUG.flip_index
 
 # index: (x, y, z) with x, y in a 0..1 frontal box and z in the same unit (0 = eye-corner plane).
 _RIGHT_HALF_AND_MIDLINE: dict[int, tuple[float, float, float]] = {
@@ -58,10 +59,11 @@ def _mean_shape() -> np.ndarray:
 MEAN_SHAPE = _mean_shape()
 """(68, 3) mean face, centred on its centroid."""
 
-_JAW, _BROWS, _NOSE_LOW = np.arange(0, 17), np.arange(17, 27), np.arange(31, 36)
-_EYES = (np.arange(36, 42), np.arange(42, 48))
-_OUTER_LIP, _INNER_LIP = np.arange(48, 60), np.arange(60, 68)
-_MOUTH = np.arange(48, 68)
+_G = {k: np.array(v) for k, v in _IBUG.groups.items()}
+_JAW, _MOUTH = _G["jaw"], _G["mouth"]
+_BROWS = np.concatenate([_G["right_brow"], _G["left_brow"]])
+_EYES = (_G["right_eye"], _G["left_eye"])
+_NOSE_LOW = np.arange(31, 36)  # nostrils and columella (§1.1 "lower nose")
 
 
 def _in(indices: np.ndarray) -> np.ndarray:
@@ -99,7 +101,7 @@ def _identity_modes() -> tuple[np.ndarray, np.ndarray]:
     add((x - c[0]) * _in(_MOUTH), zero, zero, 0.12)                    # mouth width
     add(zero, -_in(np.arange(49, 54)) + _in(np.arange(55, 60)), zero, 0.012)  # lip thickness
     add(zero, -_in(_BROWS), zero, 0.02)                                # brow height
-    add(zero, zero, _in(np.arange(27, 36)) * np.clip(z, 0, None) * 4, 0.2)  # nose depth
+    add(zero, zero, _in(np.arange(27, 36)) * np.clip(z, 0, None), 0.4)     # nose depth (relative)
     add(zero, zero, z, 0.15)                                           # face depth
     return np.stack(modes), np.array(sd)
 

@@ -138,18 +138,23 @@ def face_mask(rng: np.random.Generator, points: np.ndarray) -> Occluder:
     return _build(rng, [poly], lines, lambda h, w: _grain(rng, colour, 1 + 0.08 * np.sin(np.arange(h) * 2 * np.pi / period), w))
 
 
-def random_occluder(rng: np.random.Generator, kind: str, points: np.ndarray, skin: np.ndarray,
-                    size_range: tuple[float, float] = (0.25, 0.6)) -> Occluder:
-    """An occluder of ``kind`` near a random landmark, sized relative to the face box."""
-    if kind == "mask":
-        return face_mask(rng, points)
-    face = float(np.ptp(points, axis=0).max())
-    size = face * rng.uniform(*size_range)
-    centre = points[rng.integers(len(points))] + rng.normal(0, 0.1 * face, 2)
+def shape_occluder(rng: np.random.Generator, kind: str, centre: np.ndarray, size: float, skin: np.ndarray) -> Occluder:
+    """A free-standing occluder ("blob", "hand" or "bar") about ``size`` pixels across at ``centre``."""
     if kind == "blob":
         return blob(rng, centre, size)
     if kind == "hand":
         return hand(rng, centre, size * 1.3, skin)
     if kind == "bar":
         return bar(rng, centre, size)
-    raise ValueError(f"unknown occluder kind {kind!r}; known: {', '.join(OCCLUDER_KINDS)}")
+    raise ValueError(f"unknown occluder kind {kind!r}; known: blob, hand, bar (and mask, fitted to a face)")
+
+
+def random_occluder(rng: np.random.Generator, kind: str, points: np.ndarray, skin: np.ndarray,
+                    size_range: tuple[float, float] = (0.25, 0.6)) -> Occluder:
+    """An occluder of ``kind`` (one of OCCLUDER_KINDS) near a random landmark, sized relative to the face box."""
+    if kind == "mask":
+        return face_mask(rng, points)
+    face = float(np.ptp(points, axis=0).max())
+    size = face * rng.uniform(*size_range)
+    centre = points[rng.integers(len(points))] + rng.normal(0, 0.1 * face, 2)
+    return shape_occluder(rng, kind, centre, size, skin)

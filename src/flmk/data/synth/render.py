@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from flmk.layouts import get_layout
+
 _SHIFT = 4
 _AA = cv2.LINE_AA
 
@@ -22,11 +24,7 @@ _DARK_SKIN = np.array([55.0, 85.0, 125.0])
 _HAIR = np.array([[20, 20, 25], [30, 45, 70], [60, 100, 150], [150, 150, 150], [40, 60, 110]], np.float64)
 _IRIS = np.array([[20, 40, 70], [110, 80, 40], [60, 90, 50], [40, 40, 40]], np.float64)
 
-_GROUPS = {
-    "right_brow": np.arange(17, 22), "left_brow": np.arange(22, 27),
-    "right_eye": np.arange(36, 42), "left_eye": np.arange(42, 48),
-    "mouth": np.arange(48, 68), "nose": np.arange(27, 36),
-}
+_GROUPS = {k: np.array(v) for k, v in get_layout("68").groups.items() if k != "jaw"}
 
 
 def _fx(points: np.ndarray) -> np.ndarray:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from flmk.data.synth.face import Expression, apply_expression, extra_vertices, project, rotation, sample_identity
 from flmk.data.synth.files import ensure, write_annotation, write_readme
-from flmk.data.synth.occluders import Occluder, blob, bar, hand, visibility
+from flmk.data.synth.occluders import Occluder, shape_occluder, visibility
 from flmk.data.synth.render import draw_face, sample_appearance, sample_photometric
 from flmk.data.synth.textures import background
 
@@ -85,14 +86,14 @@ def _occluders(rng: np.random.Generator, frames: int, size: int, face: float, sk
     out = []
     for _ in range(int(rng.integers(motion.occluders[0], motion.occluders[1] + 1))):
         s = face * rng.uniform(*motion.occluder_size)
-        kind = rng.integers(3)
-        occ = (blob(rng, np.zeros(2), s) if kind == 0 else
-               hand(rng, np.zeros(2), s * 1.3, skin) if kind == 1 else bar(rng, np.zeros(2), s))
+        kind = ("blob", "hand", "bar")[rng.integers(3)]
+        occ = shape_occluder(rng, kind, np.zeros(2), s, skin)  # centred on 0: pasted at the path point
         out.append((occ, _crossing(rng, frames, size, motion, s)))
     return out
 
 
-def render_clip(rng: np.random.Generator, frames: int, size: int, motion: Motion):
+def render_clip(rng: np.random.Generator, frames: int, size: int,
+                motion: Motion) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (frame BGR uint8, points (68, 2), visible (68,)) for one clip."""
     identity = sample_identity(rng)
     app = sample_appearance(rng)
@@ -122,7 +123,7 @@ def render_clip(rng: np.random.Generator, frames: int, size: int, motion: Motion
         yield photo.apply(img, rng), pts, visibility(pts, covered)
 
 
-def write_clip(folder: Path, frames_iter) -> int:
+def write_clip(folder: Path, frames_iter: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
     """Write ``vid.avi`` (MJPG, 25 fps) and ``annot/NNNNNN.pts`` / ``.vis`` (1-based frame numbers)."""
     (folder / "annot").mkdir(parents=True, exist_ok=True)
     writer = None
