@@ -26,6 +26,11 @@ def check_decoder(decoder: str, allowed: tuple[str, ...], model: str) -> str:
     return decoder
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Decoders compute in fp32 (bf16 / fp16 heatmaps are upcast); fp64 stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def to_coordinate(index: torch.Tensor, length: int) -> torch.Tensor:
     """Continuous bin index -> crop-normalised coordinate."""
     return (index + 0.5) / length
@@ -53,11 +58,11 @@ def gaussian_blur(heatmap: torch.Tensor, sigma_bins: float, dims: int) -> torch.
 def decode_1d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float = 1.0) -> torch.Tensor:
     """(..., L) heatmaps -> (...) crop-normalised coordinates."""
     check_decoder(decoder, DECODERS_1D, "1D heatmap")
-    heatmap = heatmap.float()
+    heatmap = at_least_fp32(heatmap)
     length = heatmap.shape[-1]
     index = heatmap.argmax(-1)  # eq. 7
     if decoder == "argmax":
-        return to_coordinate(index.float(), length)
+        return to_coordinate(index.to(heatmap.dtype), length)
     g = gaussian_blur(heatmap, sigma_bins, 1).clamp_min(1e-10).log()
 
     def at(offset: int) -> torch.Tensor:
@@ -67,19 +72,19 @@ def decode_1d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float 
     d2 = 0.25 * (at(2) - 2 * at(0) + at(-2))
     ok = (index >= 2) & (index <= length - 3) & (d2 < 0)  # Taylor step only at an interior maximum
     shift = torch.where(ok, -d1 / torch.where(ok, d2, -torch.ones_like(d2)), torch.zeros_like(d1))
-    return to_coordinate(index.float() + shift, length)
+    return to_coordinate(index.to(heatmap.dtype) + shift, length)
 
 
 def decode_2d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float = 1.0) -> torch.Tensor:
     """(..., H, W) heatmaps (logits for integral / dsnt) -> (..., 2) crop-normalised (x, y)."""
     check_decoder(decoder, DECODERS_2D, "2D heatmap")
-    heatmap = heatmap.float()
+    heatmap = at_least_fp32(heatmap)
     if decoder in ("integral", "dsnt"):
         return soft_argmax_2d(heatmap)
     h, w = heatmap.shape[-2:]
     flat = heatmap.flatten(-2).argmax(-1)
     iy, ix = flat // w, flat % w
-    xy = torch.stack((ix, iy), -1).float()
+    xy = torch.stack((ix, iy), -1).to(heatmap.dtype)
     if decoder == "argmax":
         return to_coordinate(xy, torch.tensor([w, h], device=xy.device, dtype=xy.dtype))
     g = gaussian_blur(heatmap, sigma_bins, 2).clamp_min(1e-10).log().flatten(-2)
@@ -103,7 +108,7 @@ def decode_2d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float 
 
 def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last two axes: the normalised heatmap of integral regression and DSNT."""
-    return torch.softmax(logits.float().flatten(-2), -1).view_as(logits)
+    return torch.softmax(at_least_fp32(logits).flatten(-2), -1).view_as(logits)
 
 
 def soft_argmax_2d(logits: torch.Tensor) -> torch.Tensor:
