@@ -162,7 +162,6 @@ class CCDN(nn.Module):
                 f"(got {excitations})"
             )
         self.num_points = num_points
-        self.variant = variant
         self.excitations = excitations
         self.backbone = StackedHourglass(num_stacks, channels, 3, hg_depth, tuple(stem_channels), pool)
 
