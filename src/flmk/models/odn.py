@@ -4,7 +4,7 @@ ResNet-18 cut after ``layer3`` (its last stage is replaced, IMPLEMENTATION_NOTES
 §2.1) gives Z. The geometry-aware module (GM) and the distillation module
 (DM) both read Z; their outputs are concatenated (the hybrid features),
 pooled to X and regressed by the low-rank learning module (LM),
-S = W_fc^T M^T X (eq. 2). A switched-off GM or DM is the identity on Z; with
+S = W_fc^T M^T X (§3.3, eq. 1). A switched-off GM or DM is the identity on Z; with
 both off only Z is pooled, so ``gm=dm=lm=false, cut_stage=4`` is BRNet.
 The loss is eq. 3. AODN (aodn.py) reuses all of this with DM replaced by AM.
 """
@@ -96,8 +96,8 @@ class OcclusionAdaptiveNet(nn.Module):
         self.trunk, channels = resnet_trunk(backbone, pretrained, cut_stage)
         self.gm = GeometryAwareModule(channels, gm_width, gm_product, gm_normalise) if gm else None
         self.branch = branch_factory(channels) if branch_factory is not None else None
-        hybrid = channels if self.gm is None and self.branch is None else 2 * channels
-        self.head = RegressionHead(hybrid, num_points, low_rank=lm, output=output, m_init=lm_init)
+        x_dim = channels if self.gm is None and self.branch is None else 2 * channels
+        self.head = RegressionHead(x_dim, num_points, low_rank=lm, output=output, m_init=lm_init)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.trunk(image)

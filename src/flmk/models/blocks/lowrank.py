@@ -17,7 +17,7 @@ class RegressionHead(nn.Module):
     """Pooled features X (B, D) -> crop-normalised points (B, N, 2).
 
     ``low_rank=True`` is ODN's LM: S = W_fc^T M^T X with M (D x D) bias-free
-    (ODN eq. 2); ``low_rank=False`` is the plain FC of BRNet and of the
+    (ODN §3.3, eq. 1); ``low_rank=False`` is the plain FC of BRNet and of the
     "LM off" ablation rows (no M at all, so no M parameters and no M terms).
     ``output="linear"`` regresses [0, 1] coordinates directly (FC bias starts
     at the crop centre 0.5); ``"sigmoid"`` squashes them into (0, 1).
@@ -44,7 +44,7 @@ class RegressionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.M is not None:
-            x = x @ self.M  # row form of M^T X (ODN eq. 2)
+            x = x @ self.M  # row form of M^T X (ODN eq. 1)
         s = self.fc(x)
         if self.output == "sigmoid":
             s = torch.sigmoid(s)
