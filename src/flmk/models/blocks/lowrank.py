@@ -1,7 +1,7 @@
 """ODN's low-rank learning module (LM): S = W_fc^T M^T X and the nuclear norm of M.
 
 The regression layer is shared by BRNet (plain FC, ``low_rank=False``) and by
-ODN / AODN (shared structural matrix M in front of the FC, ODN eq. 2).
+ODN / AODN (shared structural matrix M in front of the FC, ODN eq. 1).
 """
 
 from __future__ import annotations
