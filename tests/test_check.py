@@ -1,0 +1,75 @@
+"""The dataset doctor on a deliberately broken dataset."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from flmk.data.check import check_sources, format_report, main
+from flmk.data.sources.pts import write_pts
+from flmk.data.sources.talking_face import TalkingFaceSource
+from flmk.data.sources.w300 import W300Source
+
+
+def face_points(cx: float, cy: float, r: float) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
+
+
+@pytest.fixture
+def broken_300w(tmp_path):
+    ibug = tmp_path / "300W" / "ibug"
+    ibug.mkdir(parents=True)
+    for name in ("good", "outside"):
+        cv2.imwrite(str(ibug / f"{name}.jpg"), np.full((40, 50, 3), 128, np.uint8))
+    write_pts(ibug / "good.pts", face_points(25, 20, 10))
+    write_pts(ibug / "outside.pts", face_points(45, 20, 10))  # the right half sticks out of the 50-px image
+    write_pts(ibug / "lost.pts", face_points(25, 20, 10))  # no image
+    lines = (ibug / "good.pts").read_text().splitlines()
+    lines[5] = "12.0 not-a-number"
+    (ibug / "bad.pts").write_text("\n".join(lines))
+    cv2.imwrite(str(ibug / "bad.jpg"), np.zeros((40, 50, 3), np.uint8))
+    (ibug / "corrupt.jpg").write_bytes(b"not a jpeg")
+    write_pts(ibug / "corrupt.pts", face_points(25, 20, 10))
+    return tmp_path / "300W"
+
+
+def test_doctor_reports_each_problem(broken_300w, tmp_path):
+    sources = {"300w": W300Source(broken_300w, splits={"challenging": ["ibug"]})}
+    report = check_sources(sources, tmp_path / "out", faces=4)
+    s = report["sources"]["300w"]["splits"]["challenging"]
+    assert s["count"] == 5
+    assert s["missing_images"] == 1 and s["missing_images_examples"][0].endswith("lost.pts")
+    assert s["malformed"] == 1
+    bad = s["malformed_examples"][0]
+    assert bad["file"].endswith("bad.pts") and bad["line"] == 6 and "not-a-number" in bad["message"]
+    assert s["unreadable_images"] == 1 and s["unreadable_images_examples"][0].endswith("corrupt.jpg")
+    assert s["points_outside"] == 1 and s["points_outside_examples"][0].endswith("outside.pts")
+    assert s["boxes_outside"] == 0
+    text = format_report(report)
+    assert "bad.pts, line 6" in text and "lost.pts" in text and "5 faces" in text
+    grid = cv2.imread(report["grid"])
+    assert grid.shape == (128, 2 * 128 + 2, 3)  # the two readable faces, 128-px crops, 2-px gap
+    assert (grid == (0, 255, 0)).all(-1).any()  # landmarks drawn in green
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+
+
+def test_doctor_on_missing_and_failing_sources(tmp_path):
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "tf" / "franck_00000.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n}")
+    report = check_sources({"gone": W300Source(tmp_path / "nowhere"), "tf": TalkingFaceSource(tmp_path / "tf")}, tmp_path / "out")
+    gone = report["sources"]["gone"]["splits"]["train"]
+    assert gone["count"] == 0 and "300W dataset not found at" in gone["not_found"]
+    tf = report["sources"]["tf"]["splits"]["test"]
+    assert tf["malformed"] == 1 and tf["malformed_examples"][0]["line"] == 5
+    assert "grid" not in report
+
+
+def test_cli_composes_a_source_config(broken_300w, tmp_path, capsys):
+    report = main(["+source=300w", f"source.root={broken_300w}", "+source.splits={challenging: [ibug]}",
+                   "--out", str(tmp_path / "cli"), "--faces", "2"])
+    assert report["sources"]["300W"]["splits"]["challenging"]["malformed"] == 1
+    assert "bad.pts, line 6" in capsys.readouterr().out
