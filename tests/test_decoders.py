@@ -61,6 +61,14 @@ def test_1d_argmax_and_dark_recover_the_coordinate_dark_better(length: int) -> N
     assert err_dark.max() < 0.05
 
 
+def test_dark_moves_at_most_one_bin_on_arbitrary_heatmaps() -> None:
+    h = torch.rand(4, 6, 30, generator=torch.Generator().manual_seed(1))
+    shift = decode_1d(h, "dark", 2.0) * 30 - 0.5 - h.argmax(-1)
+    assert shift.abs().max() <= 1 + 1e-5
+    h2 = torch.rand(4, 6, 12, 12, generator=torch.Generator().manual_seed(2))
+    assert ((decode_2d(h2, "dark", 1.0) - decode_2d(h2, "argmax")).abs() * 12).max() <= 1 + 1e-5
+
+
 def test_1d_decoders_keep_leading_axes_and_edge_peaks() -> None:
     h = torch.zeros(2, 3, 5, 40)
     h[..., 0] = 1.0  # peak on the border: DARK must fall back to argmax

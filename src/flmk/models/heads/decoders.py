@@ -72,6 +72,7 @@ def decode_1d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float 
     d2 = 0.25 * (at(2) - 2 * at(0) + at(-2))
     ok = (index >= 2) & (index <= length - 3) & (d2 < 0)  # Taylor step only at an interior maximum
     shift = torch.where(ok, -d1 / torch.where(ok, d2, -torch.ones_like(d2)), torch.zeros_like(d1))
+    shift = shift.clamp(-1.0, 1.0)  # the maximum lies within one bin of the discrete argmax
     return to_coordinate(index.to(heatmap.dtype) + shift, length)
 
 
@@ -102,7 +103,7 @@ def decode_2d(heatmap: torch.Tensor, decoder: str = "argmax", sigma_bins: float 
     ok = interior & (det > 0) & (gxx < 0)  # a local maximum: Hessian negative definite
     safe = torch.where(ok, det, torch.ones_like(det))
     shift = -torch.stack((gyy * gx - gxy * gy, gxx * gy - gxy * gx), -1) / safe.unsqueeze(-1)  # -H^{-1} grad
-    shift = torch.where(ok.unsqueeze(-1), shift, torch.zeros_like(shift))
+    shift = torch.where(ok.unsqueeze(-1), shift, torch.zeros_like(shift)).clamp(-1.0, 1.0)
     return to_coordinate(xy + shift, torch.tensor([w, h], device=xy.device, dtype=xy.dtype))
 
 
