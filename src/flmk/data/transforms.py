@@ -115,7 +115,8 @@ class FaceTransform:
         if p["flip"]:
             perm = self.layout.flip_index
             pts, visible = pts[perm], visible[perm]
-        if self.photometric is not None:
+        if self.photometric is not None:  # seeded from the sample's RNG so a fixed seed repeats exactly
+            self.photometric.set_random_seed(int(rng.integers(2**31)))
             crop = self.photometric(image=crop)["image"]
         return dict(crop=crop, points=pts, visible=visible, affine=m, flipped=p["flip"])
 
