@@ -117,33 +117,35 @@ def format_report(report: dict) -> str:
     lines = []
     for name, entry in report["sources"].items():
         lines.append(f"{name}:" + ("" if entry.get("comparable", True) else "  (home-built: NOT comparable with published numbers)"))
+        explained = False
         for split, s in entry["splits"].items():
-            if "not_found" in s:
-                lines.append(f"  {split}: NOT FOUND\n    " + s["not_found"].replace("\n", "\n    "))
+            if "not_found" in s:  # the full message (layout, where to get it) once per source
+                message = s["not_found"] if not explained else s["not_found"].splitlines()[0]
+                lines.append(f"  {split}: NOT FOUND\n    " + message.replace("\n", "\n    "))
+                explained = True
                 continue
             problems = ", ".join(f"{s[k]} {k.replace('_', ' ')}" for k in
                                  ("missing_images", "unreadable_images", "malformed", "points_outside", "boxes_outside") if s[k])
             lines.append(f"  {split}: {s['count']} faces" + (f"; {problems}" if problems else "; OK"))
             for m in s["malformed_examples"]:
                 lines.append(f"    malformed: {m['message']}")
-            for k in ("missing_images", "unreadable_images"):
-                lines.extend(f"    {k.replace('_', ' ')[:-1]}: {p}" for p in s[f"{k}_examples"])
+            lines.extend(f"    missing image (the image, or the annotation without one): {p}" for p in s["missing_images_examples"])
+            lines.extend(f"    unreadable image: {p}" for p in s["unreadable_images_examples"])
     if "grid" in report:
         lines.append(f"face grid: {report['grid']}")
     return "\n".join(lines)
 
 
 def sources_from_config(overrides: list[str], config_dir: Path) -> dict[str, Any]:
-    """Instantiate ``data.sources.*`` (and a ``source`` added with ``+source=<name>``) of the composed train config."""
+    """Instantiate the ``source`` added with ``+source=<name>``, else ``data.sources.*``, of the composed train config."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
-    cfgs = dict(cfg.data.get("sources", {})) if "data" in cfg else {}
-    if "source" in cfg:
-        cfgs[cfg.source.get("name", "source")] = cfg.source
-    return {k: instantiate(v) for k, v in cfgs.items()}
+    if "source" in cfg:  # one reader config checked on its own
+        return {cfg.source.get("name", "source"): instantiate(cfg.source)}
+    return {k: instantiate(v) for k, v in cfg.data.get("sources", {}).items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
