@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from flmk.data.records import AnnotationError, FaceRecord
-from flmk.data.sources.common import check_split, load_mat, require
+from flmk.data.sources.common import check_split, file_stamp, load_mat, require
 
 COFW_URL = "http://www.vision.caltech.edu/xpburgos/ICCV13/ (COFW_train_color.mat, COFW_test_color.mat)"
 COFW68_URL = "https://github.com/golnazghiasi/cofw68-benchmark (COFW68_Data/)"
@@ -99,7 +99,7 @@ class CofwSource:
         mat_path = self._mat(split)
         folder = self.image_cache / split
         done = folder / "DONE"
-        stamp = f"{mat_path.stat().st_size} {mat_path.stat().st_mtime_ns}"
+        stamp = file_stamp(mat_path)
         if done.exists():
             count, old_stamp = done.read_text().split(maxsplit=1)
             if old_stamp == stamp:

@@ -17,6 +17,12 @@ def require(path: Path, name: str, expected_layout: str, how_to_obtain: str) -> 
     return path
 
 
+def file_stamp(path: Path) -> str:
+    """Size and mtime of a file: what a decoded-once cache compares to know its source is unchanged."""
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
 def check_split(name: str, split: str, known: list[str]) -> None:
     if split not in known:
         raise KeyError(f"{name}: unknown split {split!r}; known: {', '.join(known)}")

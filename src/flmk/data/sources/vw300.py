@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 
 from flmk.data.records import DatasetNotFoundError, FaceRecord
-from flmk.data.sources.common import check_split, require
+from flmk.data.sources.common import check_split, file_stamp, require
 from flmk.data.sources.pts import read_pts
 
 VW300_URL = "https://ibug.doc.ic.ac.uk/resources/300-VW/ (300VW_Dataset_2015_12_14.zip)"
@@ -58,7 +58,7 @@ FRAME_SUFFIXES = (".jpg", ".png")
 def decode_video(video: Path, out_dir: Path) -> None:
     """Write every frame of ``video`` as ``out_dir/NNNNNN.jpg`` (1-based), once."""
     done = out_dir / "DONE"
-    stamp = f"{video.stat().st_size} {video.stat().st_mtime_ns}"
+    stamp = file_stamp(video)
     if done.exists() and done.read_text() == stamp:
         return
     out_dir.mkdir(parents=True, exist_ok=True)

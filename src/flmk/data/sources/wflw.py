@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
-from flmk.data.sources.common import check_split
+from flmk.data.sources.common import check_split, file_stamp
 
 WFLW_URL = "https://wywu.github.io/projects/LAB/WFLW.html (WFLW_images.tar.gz, WFLW_annotations.tar.gz)"
 WFLW_LAYOUT_DOC = """\
@@ -98,7 +98,7 @@ class WflwSource:
         self.subset_dir = self.root / subset_dir
         self.strict_subsets = strict_subsets
         self.name = name
-        self._parsed: dict[str, tuple[tuple[int, int], list[FaceRecord]]] = {}
+        self._parsed: dict[str, tuple[str, list[FaceRecord]]] = {}
 
     def splits(self) -> list[str]:
         return ["train", "test", *ATTRIBUTES]
@@ -148,7 +148,7 @@ class WflwSource:
         path = self.attr_file(split)
         if not path.exists():
             raise DatasetNotFoundError(self.name, path, WFLW_LAYOUT_DOC, WFLW_URL)
-        stamp = (path.stat().st_mtime_ns, path.stat().st_size)
+        stamp = file_stamp(path)
         if self._parsed.get(split, (None,))[0] != stamp:
             self._parsed[split] = (stamp, [self._absolute(r) for r in read_list(path, with_attributes=True)])
         return [replace(r) for r in self._parsed[split][1]]
