@@ -84,6 +84,7 @@ def test_coattention_gamma_zero_is_the_identity(layout: str) -> None:
     dx, dy = torch.randn(1, 3, 2, 6), torch.randn(1, 3, 6, 2)
     out_x, out_y = att(dx, dy)
     assert torch.equal(out_x, dx) and torch.equal(out_y, dy)
+    assert not list(att.parameters())  # no unused P, Q (DDP would reject them)
 
 
 def test_coattention_gradients_reach_P_and_Q_and_bad_layout_fails() -> None:

@@ -6,7 +6,8 @@ V_t into a refinement E'_t and the output is E_t + E'_t. Eq. 13 runs recursively
     V_t = U_t + A_t,  A_{t+1} = lambda (A_t + U_t),  A_1 = 0   (one step per frame).
 The 2D baseline (Peng et al.'s recurrent encoder-decoder) swaps the fixed memory for a
 convolutional GRU. Encoders/decoders are per-frame and carry no batch norm, so a clip
-processed at once and the same clip streamed frame by frame give identical outputs.
+processed at once and the same clip streamed frame by frame give identical outputs (in eval
+mode; in training the detector's batch norm sees B*T frames at once).
 """
 
 from __future__ import annotations

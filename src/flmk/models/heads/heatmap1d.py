@@ -66,10 +66,9 @@ class CoAttention(nn.Module):
         self.gamma, self.layout = gamma, layout
         side = rows if layout == "tokens" else positions
         self.scale = 1.0 / math.sqrt(side)  # d = column number of P and Q
-        self.P = nn.Parameter(torch.empty(side, side))
-        self.Q = nn.Parameter(torch.empty(side, side))
-        nn.init.xavier_uniform_(self.P)
-        nn.init.xavier_uniform_(self.Q)
+        if gamma:  # gamma = 0 removes the module and its parameters (Fig. 3, first point)
+            self.P = nn.Parameter(nn.init.xavier_uniform_(torch.empty(side, side)))
+            self.Q = nn.Parameter(nn.init.xavier_uniform_(torch.empty(side, side)))
 
     def affinities(self, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """W^xy and W^yx of eq. 9 for natural-layout inputs."""
@@ -83,6 +82,10 @@ class CoAttention(nn.Module):
             return dx, dy
         if self.layout == "natural" and dx.shape[-1] != dy.shape[-2]:
             raise ValueError(f"natural co-attention needs a square feature map, got W={dx.shape[-1]}, H={dy.shape[-2]}")
+        with torch.autocast(dx.device.type, enabled=False):  # small (B K 64^2) and softmax-sensitive: fp32
+            return self._fuse(dx.float(), dy.float())
+
+    def _fuse(self, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         Dx, Dy = self._paper_layout(dx, dy)
         w_xy, w_yx = self.affinities(dx, dy)
         Dx_new = Dx + self.gamma * w_yx @ Dy.transpose(-1, -2)  # eq. 10
@@ -99,8 +102,8 @@ class AxisDecoder(nn.Module):
     """CNN2 for one axis: more striding convs, mean over what is left of the other axis, 1D deconvs to (B, N, L)."""
 
     def __init__(
-        self, channels: int, layers: int, axis: Axis, num_points: int, positions: int, length: int,
-        deconv_channels: int, factors: Sequence[int],
+        self, channels: int, layers: int, axis: Axis, num_points: int, length: int, deconv_channels: int,
+        factors: Sequence[int],
     ) -> None:
         super().__init__()
         self.axis = axis
@@ -136,7 +139,7 @@ class Heatmap1DHead(nn.Module):
         self.cnn1 = nn.ModuleDict({a: AxisCompressor(in_channels, channels, cnn1_layers, a) for a in ("x", "y")})
         self.coattention = CoAttention(rows, feature_size, gamma, coattention_layout)
         self.cnn2 = nn.ModuleDict({
-            a: AxisDecoder(channels, cnn2_layers, a, num_points, feature_size, length, deconv_channels, factors)
+            a: AxisDecoder(channels, cnn2_layers, a, num_points, length, deconv_channels, factors)
             for a in ("x", "y")
         })
 
