@@ -49,6 +49,7 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
         crop_size=cfg.model.crop_size,
         primary_nme=cfg.data.get("primary_nme", "nme_io"),
         test_names=list(dm.test_names),
+        **OmegaConf.to_container(cfg.model.get("module_kwargs") or OmegaConf.create(), resolve=True),
     )
 
 
@@ -69,7 +70,7 @@ def run_meta(cfg: DictConfig, out_dir: Path) -> dict:
         "seed": cfg.seed,
         "synthetic": cfg.data.name.startswith("synthetic"),
         "comparable": bool(cfg.data.get("comparable", True)),
-        "stands_for": OmegaConf.to_container(cfg.data.get("stands_for") or {}),
+        "stands_for": dict(cfg.data.get("stands_for") or {}),
         "primary_nme": cfg.data.get("primary_nme", "nme_io"),
         "output_dir": str(out_dir),
     }

@@ -30,7 +30,8 @@ class AugmentConfig:
     crop_scale: float = 1.25  # crop side = crop_scale * max(box w, h)  [assume, notes §1.3]
     rotation: float = 0.0  # degrees: uniform in ±rotation, or N(0, rotation) clipped at 2σ when gaussian
     rotation_dist: str = "uniform"
-    scale: tuple[float, float] = (1.0, 1.0)  # zoom range
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom range: uniform in it, or N(mid, half-width / 2) clipped to it
+    scale_dist: str = "uniform"
     translation: float = 0.0  # fraction of the crop side
     flip: float = 0.0  # probability
     color: float = 0.0  # probability of colour jitter
@@ -94,20 +95,28 @@ class FaceTransform:
 
     def sample_params(self, rng: np.random.Generator) -> dict:
         c = self.cfg
+        for name, dist in (("rotation_dist", c.rotation_dist), ("scale_dist", c.scale_dist)):
+            if dist not in ("uniform", "gaussian"):
+                raise ValueError(f"augment.{name}={dist!r}; expected 'uniform' or 'gaussian'")
         if not self.train:
             return dict(rotation_deg=0.0, zoom=1.0, shift=(0.0, 0.0), flip=False)
         if c.rotation_dist == "gaussian":
             rot = float(np.clip(rng.normal(0.0, c.rotation), -2 * c.rotation, 2 * c.rotation)) if c.rotation else 0.0
         else:
             rot = float(rng.uniform(-c.rotation, c.rotation))
-        zoom = float(rng.uniform(*c.scale))
+        lo, hi = c.scale
+        if c.scale_dist == "gaussian":
+            zoom = float(np.clip(rng.normal((lo + hi) / 2, (hi - lo) / 4), lo, hi))
+        else:
+            zoom = float(rng.uniform(lo, hi))
         shift = tuple(rng.uniform(-c.translation, c.translation, size=2) * self.crop_size)
         flip = bool(rng.random() < c.flip)
         return dict(rotation_deg=rot, zoom=zoom, shift=shift, flip=flip)
 
     def __call__(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, visible: np.ndarray,
-                 rng: np.random.Generator) -> dict:
-        p = self.sample_params(rng)
+                 rng: np.random.Generator, params: dict | None = None) -> dict:
+        """``params`` (from :meth:`sample_params`) share one geometry across the frames of a clip."""
+        p = self.sample_params(rng) if params is None else params
         m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
         crop = cv2.warpAffine(image, m, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -6,6 +6,7 @@ with the inverse crop affine before any metric (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -42,10 +43,7 @@ def flatten_clips(batch: dict, outputs: dict) -> tuple[dict, dict]:
             return x
         return x.reshape(b * t, *x.shape[2:])[keep]
 
-    fb = {k: flat(v) for k, v in batch.items()}
-    if "index" in batch and batch["index"].dim() == 1:  # clip index -> frame id
-        fb["index"] = (batch["index"][:, None] * t + torch.arange(t, device=batch["index"].device)).reshape(-1)[keep]
-    return fb, {k: flat(v) for k, v in outputs.items()}
+    return {k: flat(v) for k, v in batch.items()}, {k: flat(v) for k, v in outputs.items()}
 
 
 class LandmarkModule(pl.LightningModule):
@@ -64,6 +62,8 @@ class LandmarkModule(pl.LightningModule):
     ):
         super().__init__()
         self.net, self.loss = net, loss
+        # nets that use the ground truth while training (SRN's noise occlusion centred on a true landmark)
+        self.net_takes_points = "points" in inspect.signature(net.forward).parameters
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.layout = get_layout(layout)
@@ -92,7 +92,7 @@ class LandmarkModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
-        outputs = self.net(batch["image"])
+        outputs = self.net(batch["image"], points=batch["points"]) if self.net_takes_points else self.net(batch["image"])
         terms = self.loss(outputs, batch, self.net)
         loss = terms["loss"]
         if not torch.isfinite(loss):
