@@ -69,3 +69,12 @@ class NaNAfter:
         if self.calls > self.steps:
             terms = {k: v * float("nan") for k, v in terms.items()}
         return terms
+
+
+@pytest.fixture(scope="session")
+def synthetic_video_root(tmp_path_factory) -> Path:
+    from flmk.data.synth import ensure_synthetic_videos
+
+    root = tmp_path_factory.mktemp("synthetic_video")
+    ensure_synthetic_videos(root, n_videos=3, frames=12, seed=0, size=96)
+    return root
