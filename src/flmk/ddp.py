@@ -23,9 +23,13 @@ _ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZ
 
 
 def _job_command(job_dir: Path):
+    import __main__
+
+    entry = __main__.__spec__.name if __main__.__spec__ is not None else "flmk.train"
+
     def command(local_rank: int):
         cmd = [
-            sys.executable, "-m", "flmk.train",
+            sys.executable, "-m", entry,
             f"--config-path={job_dir / '.hydra'}", "--config-name=config",
             f"hydra.run.dir={job_dir}", "hydra.output_subdir=null", f"hydra.job.name=ddp_rank_{local_rank}",
         ]
