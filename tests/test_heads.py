@@ -110,7 +110,8 @@ def test_heatmap1d_head_x_branch_ignores_a_pure_y_change_without_coattention() -
     """With gamma = 0 the x heatmaps read only CNN1x; with gamma > 0 the y branch leaks in (the joint distribution)."""
     torch.manual_seed(0)
     for gamma, coupled in ((0.0, False), (1.0, True)):
-        head = Heatmap1DHead(4, 8, 3, 16, channels=4, cnn1_layers=1, cnn2_layers=1, gamma=gamma, deconv_channels=4).eval()
+        head = Heatmap1DHead(4, 8, 3, 16, channels=4, cnn1_layers=1, cnn2_layers=1, gamma=gamma, deconv_channels=4)
+        head.eval()
         f = torch.randn(1, 4, 8, 8)
         hx0, _ = head(f)
         with torch.no_grad():  # perturb only CNN1y's weights

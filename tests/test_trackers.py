@@ -9,7 +9,8 @@ from flmk.models.fan2d import FAN2DLoss, FAN2DTracker
 from flmk.models.hm1d import HM1D, HM1DLoss, HM1DTracker
 from flmk.models.tracking import ConvGRUMemory, ExponentialMemory, TemporalRefiner
 
-DETECTOR = dict(crop_size=64, num_stacks=1, channels=8, hourglass_depth=2, head_channels=8, deconv_channels=4, length=40)
+DETECTOR = dict(crop_size=64, num_stacks=1, channels=8, hourglass_depth=2, head_channels=8, deconv_channels=4,
+                length=40)
 DETECTOR_2D = dict(crop_size=64, num_stacks=2, channels=8, hourglass_depth=2, deconv_channels=4, length=32)
 
 
@@ -112,10 +113,8 @@ def test_tracker_loss_is_eq_11_summed_over_frames_and_trains_both_parts() -> Non
     batch = {"image": torch.randn(2, 3, 3, 64, 64), "points": torch.rand(2, 3, 4, 2)}
     out = tracker(batch["image"])
     clip_loss = HM1DLoss()(out, batch, tracker)["loss"]
-    per_frame = sum(
-        HM1DLoss()({k: out[k][:, t] for k in ("heatmap_x", "heatmap_y")}, {"points": batch["points"][:, t]}, tracker)["loss"]
-        for t in range(3)
-    )
+    frame = lambda t: {k: out[k][:, t] for k in ("heatmap_x", "heatmap_y")}  # noqa: E731
+    per_frame = sum(HM1DLoss()(frame(t), {"points": batch["points"][:, t]}, tracker)["loss"] for t in range(3))
     torch.testing.assert_close(clip_loss, per_frame)  # eq. 14
     clip_loss.backward()
     assert tracker.refiners["heatmap_x"].encoder[0].weight.grad.abs().sum() > 0

@@ -112,48 +112,40 @@ class FAN2DTracker(HeatmapTracker):
 
 
 class FAN2DLoss(nn.Module):
-    """Loss of the 2D baseline, chosen by ``net.decoder`` (the row's method):
+    """Loss of the 2D baseline, chosen by ``net.decoder`` (the row's method), on the last stack and,
+    weighted by ``intermediate_weight``, on the intermediate stacks (term ``intermediate``):
 
-    argmax / dark: squared L2 to the eq. 2 Gaussians (``heatmap``, ``heatmap_intermediate``);
+    argmax / dark: squared L2 to the eq. 2 Gaussians (``heatmap``);
     integral: L1 between soft-argmax and target coordinates (``coord``, Sun et al.);
-    dsnt: Euclidean distance (``coord``) + Jensen-Shannon to a Gaussian (``dsnt_reg``, Nibali et al.).
-    Sums over landmarks (and frames / stacks), mean over the batch; coordinates are crop-normalised.
+    dsnt: Euclidean distance (``coord``) + Jensen-Shannon to the target Gaussian (``dsnt_reg``, Nibali et al.).
+    Sums over landmarks (and frames), mean over the batch; coordinates are crop-normalised.
     """
 
     def __init__(self, heatmap_weight: float = 1.0, intermediate_weight: float = 1.0, coord_weight: float = 1.0,
                  dsnt_reg_weight: float = 1.0) -> None:
         super().__init__()
-        self.heatmap_weight, self.intermediate_weight = heatmap_weight, intermediate_weight
-        self.coord_weight, self.dsnt_reg_weight = coord_weight, dsnt_reg_weight
+        self.weights = {"heatmap": heatmap_weight, "coord": coord_weight, "dsnt_reg": dsnt_reg_weight}
+        self.intermediate_weight = intermediate_weight
 
     def forward(self, outputs: dict, batch: dict, net: nn.Module) -> dict[str, torch.Tensor]:
-        points = batch["points"]
-        terms = {}
-        if net.decoder in ("argmax", "dark"):
-            targets = net.targets(points)
-            if self.heatmap_weight:
-                terms["heatmap"] = self.heatmap_weight * heatmap_l2(outputs["heatmap"], targets["heatmap"])
-            if self.intermediate_weight and "heatmap_stacks" in outputs:
-                stacks = outputs["heatmap_stacks"]
-                terms["heatmap_intermediate"] = self.intermediate_weight * heatmap_l2(
-                    stacks, targets["heatmap_stacks"].expand_as(stacks))
-        else:
-            maps = [(outputs["heatmap"], points, net.sigma_bins, 1.0)]
-            if self.intermediate_weight and "heatmap_stacks" in outputs:
-                maps.append((outputs["heatmap_stacks"], points.unsqueeze(-3), net.stack_sigma_bins, self.intermediate_weight))
-            b = points.shape[0]
-            if self.coord_weight:
-                terms["coord"] = self.coord_weight * sum(
-                    w * self._coordinate_error(soft_argmax_2d(h), p.expand(*h.shape[:-2], 2), net.decoder).sum() / b
-                    for h, p, _, w in maps)
-            if net.decoder == "dsnt" and self.dsnt_reg_weight:
-                terms["dsnt_reg"] = self.dsnt_reg_weight * sum(
-                    w * dsnt_regulariser(h, p.expand(*h.shape[:-2], 2), s).sum() / b for h, p, s, w in maps)
+        points, targets = batch["points"], net.targets(batch["points"])
+        terms = {k: self.weights[k] * v for k, v in
+                 self.level(outputs["heatmap"], targets["heatmap"], points, net.decoder).items() if self.weights[k]}
+        if self.intermediate_weight and "heatmap_stacks" in outputs:
+            stacks = self.level(outputs["heatmap_stacks"], targets["heatmap_stacks"], points.unsqueeze(-3), net.decoder)
+            terms["intermediate"] = self.intermediate_weight * sum(self.weights[k] * v for k, v in stacks.items())
         terms["loss"] = sum(terms.values()) if terms else points.new_zeros(())
         return terms
 
     @staticmethod
-    def _coordinate_error(pred: torch.Tensor, target: torch.Tensor, decoder: str) -> torch.Tensor:
+    def level(
+        heatmap: torch.Tensor, target: torch.Tensor, points: torch.Tensor, decoder: str
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted terms of one level: heatmap (B, ..., N, H, W), target and points broadcastable to it."""
+        b, target = heatmap.shape[0], target.expand_as(heatmap)
+        if decoder in ("argmax", "dark"):
+            return {"heatmap": heatmap_l2(heatmap, target)}
+        error = soft_argmax_2d(heatmap) - points.float().expand(*heatmap.shape[:-2], 2)
         if decoder == "integral":
-            return (pred - target.float()).abs().sum(-1)  # L1 (Sun et al.)
-        return (pred - target.float()).norm(dim=-1)  # Euclidean (DSNT)
+            return {"coord": error.abs().sum() / b}  # L1 (Sun et al.)
+        return {"coord": error.norm(dim=-1).sum() / b, "dsnt_reg": dsnt_regulariser(heatmap, target).sum() / b}

@@ -30,7 +30,9 @@ from flmk.models.tracking import ExponentialMemory, HeatmapTracker, TemporalRefi
 def check_crop(crop_size: int, depth: int, model: str) -> int:
     """Feature side S/4 of the hourglass; the crop must be divisible by 4 * 2**depth."""
     if crop_size % (4 << depth):
-        raise ValueError(f"{model}: model.crop_size={crop_size} must be divisible by 4 * 2**hourglass_depth = {4 << depth}")
+        raise ValueError(
+            f"{model}: model.crop_size={crop_size} must be divisible by 4 * 2**hourglass_depth = {4 << depth}"
+        )
     return crop_size // 4
 
 

@@ -66,7 +66,9 @@ class TemporalRefiner(nn.Module):
     ) -> None:
         super().__init__()
         if dim not in (1, 2) or layers < 1 or kernel % 2 == 0:
-            raise ValueError(f"TemporalRefiner: need dim in (1, 2), layers >= 1, odd kernel; got {dim}, {layers}, {kernel}")
+            raise ValueError(
+                f"TemporalRefiner: need dim in (1, 2), layers >= 1 and an odd kernel; got {dim}, {layers}, {kernel}"
+            )
         conv = {1: nn.Conv1d, 2: nn.Conv2d}[dim]
         deconv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[dim]
         widths = [num_points] + [channels] * layers
@@ -145,7 +147,7 @@ class HeatmapTracker(nn.Module):
         if missing or unexpected:
             raise ValueError(
                 f"model.net.detector_ckpt {path}: not a checkpoint of this detector "
-                f"(missing {missing[:5]}..., unexpected {unexpected[:5]}...); train model={type(self.detector).__name__.lower()} "
+                f"(missing {missing[:5]}..., unexpected {unexpected[:5]}...); train the detector model "
                 "with the same net settings first"
             )
 
@@ -176,9 +178,10 @@ class HeatmapTracker(nn.Module):
 
     def forward(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
         if clip.dim() != 5:
-            raise ValueError(f"{type(self).__name__} expects a clip batch image (B, T, 3, S, S), got {tuple(clip.shape)}")
+            raise ValueError(f"{type(self).__name__} expects a clip batch (B, T, 3, S, S), got {tuple(clip.shape)}")
         b, t = clip.shape[:2]
-        detected = {k: v.unflatten(0, (b, t)) for k, v in self.detector(clip.flatten(0, 1)).items() if k in self.refiners}
+        frames = self.detector(clip.flatten(0, 1))
+        detected = {k: frames[k].unflatten(0, (b, t)) for k in self.refiners}
         return self.refine(detected, {k: e + self.refiners[k](e) for k, e in detected.items()})
 
     def init_state(self) -> State:
@@ -186,7 +189,8 @@ class HeatmapTracker(nn.Module):
 
     def step(self, frame: torch.Tensor, state: State) -> tuple[dict[str, torch.Tensor], State]:
         """One frame (B, 3, S, S) -> outputs for that frame (``points`` (B, N, 2), ...) and the next state."""
-        detected = {k: v for k, v in self.detector(frame).items() if k in self.refiners}
+        frame_out = self.detector(frame)
+        detected = {k: frame_out[k] for k in self.refiners}
         refined, new_state = {}, {}
         for k, e in detected.items():
             delta, new_state[k] = self.refiners[k].step(e, state[k])

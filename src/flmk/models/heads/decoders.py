@@ -14,8 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from flmk.models.heads.targets import gaussian_2d
-
 DECODERS_1D = ("argmax", "dark")
 DECODERS_2D = ("argmax", "dark", "integral", "dsnt")
 
@@ -42,13 +40,13 @@ def gaussian_blur(heatmap: torch.Tensor, sigma_bins: float, dims: int) -> torch.
     taps = torch.arange(-radius, radius + 1, device=heatmap.device, dtype=heatmap.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma_bins) ** 2)
     kernel = kernel / kernel.sum()
-    spatial = heatmap.shape[-dims:]
-    x = heatmap.reshape(-1, 1, *spatial)
-    if dims == 1:
-        x = F.conv1d(x, kernel.view(1, 1, -1), padding=radius)
-    else:  # separable: rows, then columns
-        x = F.conv2d(x, kernel.view(1, 1, 1, -1), padding=(0, radius))
-        x = F.conv2d(x, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    x = heatmap.reshape(-1, 1, *heatmap.shape[-dims:])
+    with torch.autocast(heatmap.device.type, enabled=False):  # keep the blur in the heatmap's fp32 / fp64
+        if dims == 1:
+            x = F.conv1d(x, kernel.view(1, 1, -1), padding=radius)
+        else:  # separable: rows, then columns
+            x = F.conv2d(x, kernel.view(1, 1, 1, -1), padding=(0, radius))
+            x = F.conv2d(x, kernel.view(1, 1, -1, 1), padding=(radius, 0))
     x = x.view_as(heatmap)
     peak = heatmap.flatten(-dims).amax(-1, keepdim=True)
     blurred_peak = x.flatten(-dims).amax(-1, keepdim=True).clamp_min(1e-10)
@@ -121,10 +119,10 @@ def soft_argmax_2d(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(((prob.sum(-2) * cx).sum(-1), (prob.sum(-1) * cy).sum(-1)), -1)
 
 
-def dsnt_regulariser(logits: torch.Tensor, points: torch.Tensor, sigma_bins: float) -> torch.Tensor:
-    """DSNT's Jensen-Shannon regulariser: JS(softmax heatmap || normalised Gaussian at the target), (..., H, W) -> (...)."""
+def dsnt_regulariser(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DSNT's Jensen-Shannon regulariser between the soft-maxed heatmap and the target Gaussian
+    (normalised to sum 1): (..., H, W) -> (...)."""
     prob = spatial_softmax(logits)
-    target = gaussian_2d(points, prob.shape[-1], sigma_bins)
     target = target / target.flatten(-2).sum(-1).clamp_min(1e-12)[..., None, None]
     mix = 0.5 * (prob + target)
 

@@ -38,7 +38,9 @@ class AxisCompressor(nn.Module):
         stride = (2, 1) if axis == "x" else (1, 2)  # the x branch compresses rows (the y axis)
         widths = [in_channels] + [channels] * layers
         self.layers = nn.Sequential(*(
-            nn.Sequential(nn.Conv2d(a, b, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv2d(a, b, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)
+            )
             for a, b in zip(widths, widths[1:])
         ))
 
