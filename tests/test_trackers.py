@@ -145,7 +145,8 @@ def test_detector_checkpoint_loads_lightning_and_plain_state_dicts(tmp_path) -> 
     torch.manual_seed(1)
     detector = HM1D(4, **DETECTOR)
     lightning = tmp_path / "best.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in detector.state_dict().items()}}, lightning)
+    module_state = {f"net.{k}": v for k, v in detector.state_dict().items()} | {"mean_shape": torch.zeros(4, 2)}
+    torch.save({"state_dict": module_state, "epoch": 3}, lightning)
     plain = tmp_path / "detector.pt"
     torch.save(detector.state_dict(), plain)
     for path in (lightning, plain):

@@ -141,15 +141,15 @@ class HeatmapTracker(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"model.net.detector_ckpt: no checkpoint at {path}")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
-        state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
-        missing, unexpected = self.detector.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        if "state_dict" in state:  # a LandmarkModule checkpoint: keep the network's weights
+            state = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+        try:
+            self.detector.load_state_dict(state)
+        except RuntimeError as error:  # missing / unexpected keys or shape mismatches
             raise ValueError(
-                f"model.net.detector_ckpt {path}: not a checkpoint of this detector "
-                f"(missing {missing[:5]}..., unexpected {unexpected[:5]}...); train the detector model "
-                "with the same net settings first"
-            )
+                f"model.net.detector_ckpt {path}: not a checkpoint of this detector; train the detector model "
+                f"with the same net settings first ({error})"
+            ) from None
 
     def param_groups(self) -> list[dict]:
         """Detector parameters at ``detector_lr_scale * lr``, the refiners at the optimiser's lr."""
