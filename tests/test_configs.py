@@ -74,7 +74,8 @@ def test_table_row_composes(experiment, row):
 def test_data_config_composes(data):
     cfg = _compose([f"data={data}"])
     assert cfg.data.num_points == {"68": 68, "98": 98, "29": 29, "19": 19, "7": 7}[str(cfg.data.layout)]
-    for spec in list(cfg.data.train) + [s for v in cfg.data.test.values() for s in ([v] if isinstance(v, str) else v)]:
+    tests = [v["splits"] if hasattr(v, "keys") else ([v] if isinstance(v, str) else v) for v in cfg.data.test.values()]
+    for spec in list(cfg.data.train) + [s for group in tests for s in group]:
         assert spec.split("/")[0] in cfg.data.sources, f"{data}: split {spec} names no source"
 
 

@@ -49,6 +49,7 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
         crop_size=cfg.model.crop_size,
         primary_nme=cfg.data.get("primary_nme", "nme_io"),
         test_names=list(dm.test_names),
+        test_eval_layouts=dict(getattr(dm, "test_eval_layouts", {})),
         **OmegaConf.to_container(cfg.model.get("module_kwargs") or OmegaConf.create(), resolve=True),
     )
 

@@ -100,7 +100,13 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.train_specs = list(train)
         self.val_specs = list(val) if val else None
         self.val_fraction = val_fraction
-        self.test_specs = {k: [v] if isinstance(v, str) else list(v) for k, v in test.items()}
+        self.test_specs, self.test_eval_layouts = {}, {}
+        for name, spec in test.items():  # "src/split", [specs], or {splits: [...], eval_layout: "7"}
+            if isinstance(spec, Mapping):
+                self.test_specs[name] = list(spec["splits"])
+                self.test_eval_layouts[name] = spec.get("eval_layout")
+            else:
+                self.test_specs[name] = [spec] if isinstance(spec, str) else list(spec)
         self.crop_size = crop_size
         aug = OmegaConf.to_container(augment, resolve=True) if isinstance(augment, DictConfig) else dict(augment or {})
         train_aug = {k: v for k, v in aug.items() if k != "crop_scale"}

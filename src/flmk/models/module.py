@@ -58,6 +58,7 @@ class LandmarkModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         primary_nme: str = "nme_io",
         test_names: list[str] | None = None,
+        test_eval_layouts: dict[str, str | None] | None = None,
         mean_shape: np.ndarray | None = None,
     ):
         super().__init__()
@@ -70,6 +71,11 @@ class LandmarkModule(pl.LightningModule):
         self.crop_size = crop_size
         self.primary_nme = primary_nme
         self.test_names = list(test_names or [])
+        # a test split may be scored on a subset layout (Talking Face's 7 points of the 68)
+        self.test_eval_layouts = {k: get_layout(v) for k, v in (test_eval_layouts or {}).items() if v}
+        for name, sub in self.test_eval_layouts.items():
+            if sub.parent != self.layout.name:
+                raise ValueError(f"test split {name}: eval_layout {sub.name} is not a subset of layout {self.layout.name}")
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "mean_shape"])
         self.register_buffer("mean_shape", torch.full((self.layout.num_points, 2), float("nan")))
         if mean_shape is not None:
@@ -79,8 +85,9 @@ class LandmarkModule(pl.LightningModule):
         self.mean_shape_metrics = nn.ModuleList()
         self.test_results: dict[str, dict] = {}
 
-    def _metric(self) -> LandmarkMetrics:
-        return LandmarkMetrics(self.layout.name, primary=self.primary_nme.removeprefix("nme_"))
+    def _metric(self, split: str | None = None) -> LandmarkMetrics:
+        layout = self.test_eval_layouts.get(split, self.layout)
+        return LandmarkMetrics(layout.name, primary=self.primary_nme.removeprefix("nme_"))
 
     def set_mean_shape(self, mean_shape: np.ndarray | torch.Tensor) -> None:
         self.mean_shape.copy_(torch.as_tensor(mean_shape, dtype=torch.float32))
@@ -110,11 +117,16 @@ class LandmarkModule(pl.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------------
     def _update(self, metric: LandmarkMetrics, batch: dict, points: torch.Tensor) -> None:
+        pred, target, visible = to_original(points, batch["affine"], self.crop_size), batch["target_orig"], batch.get("visible")
+        if metric.layout.parent_indices is not None and metric.layout.parent == self.layout.name:
+            idx = list(metric.layout.parent_indices)
+            pred, target = pred[:, idx], target[:, idx]
+            visible = visible[:, idx] if visible is not None else None
         metric.update(
-            to_original(points, batch["affine"], self.crop_size),
-            batch["target_orig"],
+            pred,
+            target,
             box=batch.get("box"),
-            visible=batch.get("visible"),
+            visible=visible,
             has_visibility=batch.get("has_visibility"),
             ids=batch["index"],
         )
@@ -131,8 +143,8 @@ class LandmarkModule(pl.LightningModule):
 
     def on_test_start(self) -> None:
         names = self.test_names or ["test"]
-        self.test_metrics = nn.ModuleList([self._metric() for _ in names]).to(self.device)
-        self.mean_shape_metrics = nn.ModuleList([self._metric() for _ in names]).to(self.device)
+        self.test_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
+        self.mean_shape_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         batch, outputs = flatten_clips(batch, self.net(batch["image"]))
