@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
 from flmk.data.transforms import crop_affine
 
@@ -34,13 +35,6 @@ def warp_crop(image: np.ndarray, affine: np.ndarray, size: int, interpolation: i
         a[:, 2] += a[:, :2] @ np.array([0.5, 0.5])  # x = 2 x_half + 0.5 (pixel centres at integers)
         a[:, :2] *= 2
     return cv2.warpAffine(image, a, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{path}: missing or unreadable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class CropCache:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from flmk.data.cache import read_rgb, warp_crop
+from flmk.data.cache import warp_crop
+from flmk.data.images import read_rgb
 from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
 from flmk.data.transforms import apply_affine, crop_affine
 

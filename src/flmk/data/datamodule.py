@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -19,18 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from flmk.data.cache import CropCache
+from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
 from flmk.data.transforms import AugmentConfig, FaceTransform, apply_affine, crop_affine, to_tensor_image
 from flmk.layouts import Layout, get_layout
-
-
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 image; a clear error naming the file when it cannot be read."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        reason = "does not exist" if not Path(path).exists() else "is not a readable image"
-        raise OSError(f"image {path} {reason}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 class FaceDataset(Dataset):
@@ -41,8 +33,9 @@ class FaceDataset(Dataset):
     seeded generator: a fixed seed repeats a run exactly, epochs differ.
     """
 
-    def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform):
-        self.records, self.layout, self.transform = records, layout, transform
+    def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform,
+                 cached: tuple[np.ndarray, np.ndarray] | None = None):
+        self.records, self.layout, self.transform, self.cached = records, layout, transform, cached
         for r in records:
             if len(r.points) != layout.num_points:
                 raise ValueError(f"{r.source}: {len(r.points)} points, layout {layout.name} expects {layout.num_points}")
@@ -55,7 +48,11 @@ class FaceDataset(Dataset):
         rng = np.random.default_rng([int(torch.randint(0, 2**62, ())), i])
         visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
         box = r.box_or_points_box()
-        out = self.transform(load_image(r.image), r.points, box, visible, rng)
+        if self.cached is None:
+            out = self.transform(read_rgb(r.image), r.points, box, visible, rng)
+        else:  # a pre-cropped face and its affine (original -> cache crop)
+            crops, affines = self.cached
+            out = self.transform(np.asarray(crops[i]), r.points, box, visible, rng, source=affines[i])
         s = self.transform.crop_size
         return {
             "image": torch.from_numpy(to_tensor_image(out["crop"])),
@@ -90,6 +87,10 @@ class LandmarkDataModule(pl.LightningDataModule):
         num_points: int | None = None,
         stands_for: Mapping[str, str] | None = None,
         comparable: bool = True,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        cache_size: int = 256,
+        cache_margin: float = 1.0,
         **_: object,
     ):
         super().__init__()
@@ -122,6 +123,9 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.name = name
         self.stands_for = dict(stands_for or {})
         self.comparable = comparable
+        self.cache = CropCache(cache_dir, cache_size, cache_margin) if cache else None
+        if cache and not cache_dir:
+            raise ValueError("data.cache=true needs data.cache_dir (where the crop store is written)")
         self._sources: dict | None = None
         self.splits: dict[str, list[FaceRecord]] = {}
 
@@ -166,7 +170,8 @@ class LandmarkDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> FaceDataset:
         train = split == "train"
         transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
-        return FaceDataset(self.splits[split], self.layout, transform)
+        cached = self.cache.get(self.splits[split]) if self.cache is not None else None
+        return FaceDataset(self.splits[split], self.layout, transform, cached)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

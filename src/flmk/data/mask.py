@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flmk.data.cache import read_rgb
+from flmk.data.images import read_rgb
 from flmk.data.sources.folders import W300_SPLITS
 from flmk.data.sources.masked300w import NONCOMPARABLE_MARKER
 from flmk.data.sources.w300 import W300Source

@@ -68,6 +68,11 @@ def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
 
 
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The affine applying ``inner`` then ``outer``."""
+    return outer[:, :2] @ inner + np.concatenate([np.zeros((2, 2)), outer[:, 2:]], axis=1)
+
+
 def invert_affine(m: np.ndarray) -> np.ndarray:
     full = np.vstack([m, [0.0, 0.0, 1.0]])
     return np.linalg.inv(full)[:2]
@@ -114,11 +119,13 @@ class FaceTransform:
         return dict(rotation_deg=rot, zoom=zoom, shift=shift, flip=flip)
 
     def __call__(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, visible: np.ndarray,
-                 rng: np.random.Generator, params: dict | None = None) -> dict:
-        """``params`` (from :meth:`sample_params`) share one geometry across the frames of a clip."""
+                 rng: np.random.Generator, params: dict | None = None, source: np.ndarray | None = None) -> dict:
+        """``params`` (from :meth:`sample_params`) share one geometry across the frames of a clip;
+        ``source`` is the affine (original -> ``image`` pixels) of an image that is already a crop (the cache)."""
         p = self.sample_params(rng) if params is None else params
         m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
-        crop = cv2.warpAffine(image, m, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+        warp = m if source is None else compose_affine(m, invert_affine(source))
+        crop = cv2.warpAffine(image, warp, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         pts = apply_affine(m, points)
         if p["flip"]:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from flmk.data.datamodule import FaceDataset, LandmarkDataModule, load_image
+from flmk.data.datamodule import FaceDataset, LandmarkDataModule
+from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
 from flmk.data.transforms import FaceTransform, to_tensor_image
 
@@ -72,7 +73,7 @@ class ClipDataset(Dataset):
             r = self.records[j]
             box = clip_box if self.box_policy == "clip" else boxes[padded.index(j)]
             visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
-            out = self.transform(load_image(r.image), r.points, box, visible, rng, params=params)
+            out = self.transform(read_rgb(r.image), r.points, box, visible, rng, params=params)
             s = self.transform.crop_size
             frames.append({
                 "image": torch.from_numpy(to_tensor_image(out["crop"])),
