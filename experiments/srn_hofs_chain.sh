@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# SRN Table 9 on synthetic video, the whole HOFS flow with short schedules:
+#   1. pre-train the image SRN on synthetic stills; 2. learn the HOFS policy against it (experiment=srn/hofs);
+#   3. fine-tune the tracker without occlusion augmentation, with RSF and with HOFS (experiment=srn/table9).
+# Usage: bash experiments/srn_hofs_chain.sh <out_dir> [seconds per stage]
+set -eu
+OUT=${1:-runs}/srn_table9
+S=${2:-60}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+COMMON=(trainer=gpu logger=csv callbacks.progress_bar=null data.num_workers=2 trainer.enable_model_summary=false
+        "trainer.max_time={seconds:$S}")
+"$PY" -m flmk.train model=srn data=synthetic data.batch_size=32 trainer.max_epochs=30 test=false "${COMMON[@]}" \
+  hydra.run.dir="$OUT/1_srn" > "$OUT/1_srn.log" 2>&1
+SRN="$OUT/1_srn/checkpoints/best.ckpt"
+"$PY" -m flmk.train experiment=srn/hofs data=synthetic_video trainer.max_steps=400 "model.module_kwargs.srn_ckpt=$SRN" \
+  model.module_kwargs.target_sync=100 "${COMMON[@]}" hydra.run.dir="$OUT/2_hofs" > "$OUT/2_hofs.log" 2>&1
+HOFS=$(ls "$OUT"/2_hofs/checkpoints/last.ckpt)
+"$PY" -m flmk.train -m experiment=srn/table9 data=synthetic_video trainer.max_steps=-1 trainer.max_epochs=20 \
+  "model.net.srn_ckpt=$SRN" "model.net.hofs_ckpt=$HOFS" "${COMMON[@]}" hydra.sweep.dir="$OUT/3_table9" \
+  > "$OUT/3_table9.log" 2>&1
+"$PY" -m flmk.report "$OUT/3_table9" > "$OUT/report.log" 2>&1
