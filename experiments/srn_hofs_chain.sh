@@ -9,7 +9,7 @@ S=${2:-60}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 COMMON=(trainer=gpu logger=csv callbacks.progress_bar=null data.num_workers=2 trainer.enable_model_summary=false
-        "trainer.max_time={seconds:$S}")
+        "trainer.max_time='00:00:00:$S'")
 "$PY" -m flmk.train model=srn data=synthetic data.batch_size=32 trainer.max_epochs=30 test=false "${COMMON[@]}" \
   hydra.run.dir="$OUT/1_srn" > "$OUT/1_srn.log" 2>&1
 SRN="$OUT/1_srn/checkpoints/best.ckpt"

@@ -9,7 +9,7 @@ PY=${PY:-python3}
 NGPU=$(nvidia-smi -L | wc -l)
 mkdir -p "$OUT"
 COMMON=(trainer=gpu logger=csv callbacks.progress_bar=null data.num_workers=2
-        "trainer.max_time={seconds:${ROW_S}}" trainer.enable_model_summary=false)
+        "trainer.max_time='00:00:00:${ROW_S}'" trainer.enable_model_summary=false)
 SHORT=(trainer.max_epochs=12 model.optimizer.lr=5e-4 "model.scheduler.milestones=[8,11]")
 n=0
 sweep() {  # sweep <folder> <overrides...>: one multirun on the next GPU, in the background

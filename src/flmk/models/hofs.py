@@ -201,7 +201,9 @@ class HOFSModule(pl.LightningModule):
     ``srn_ckpt`` and frozen), ``optimizer`` trains the Q-net; ``loss`` is unused (the TD loss is eq. 12).
     Each training step plays the MDP on a batch of clips, pushes the clips to the replay and makes
     ``updates_per_step`` Q-learning updates. Logs ``train/reward``, ``train/td_loss`` and
-    ``train/action_{0,1,2}`` (share of index-1 / stay / index+1).
+    ``train/action_{0,1,2}`` (share of index-1 / stay / index+1). The evaluation arguments of the common
+    module constructor (``primary_nme``, ``test_names``, ``test_eval_layouts``) are accepted and unused:
+    the stage has no landmark test.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class HOFSModule(pl.LightningModule):
         scheduler_interval: str = "step",
         primary_nme: str = "nme_io",
         test_names: list[str] | None = None,
+        test_eval_layouts: dict | None = None,
         srn_ckpt: str | None = None,
         gamma: float = 0.9,
         epsilon: float = 0.1,

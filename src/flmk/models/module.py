@@ -159,7 +159,7 @@ class LandmarkModule(pl.LightningModule):
             if not metric.update_called:
                 continue
             result = {k: float(v) for k, v in metric.compute().items()}
-            entry = {"metrics": result, "per_image": metric.per_image()}
+            entry = {"metrics": result, "per_image": {k: v.cpu() for k, v in metric.per_image().items()}}
             if mean_metric.update_called:
                 entry["mean_shape"] = {k: float(v) for k, v in mean_metric.compute().items()}
             self.test_results[name] = entry
