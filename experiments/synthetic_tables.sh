@@ -41,8 +41,10 @@ sweep ccdn_table6/a experiment=ccdn/table6_synthetic "${STILLS[@]}" "${SHORT[@]}
   ablation=ccdn/t6_g010_010_010,ccdn/t6_g010_010_025,ccdn/t6_g025_010_025
 sweep ccdn_table6/b experiment=ccdn/table6_synthetic "${STILLS[@]}" "${SHORT[@]}" ablation=ccdn/t6_g025_010_050,ccdn/t6_g025_010_100
 sweep ccdn_table7 experiment=ccdn/table7_synthetic "${STILLS[@]}" "${SHORT[@]}"
-sweep hm1d_table1/a experiment=hm1d/table1_detector "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/l1d_64,hm1d/l1d_256,hm1d/l1d_768
-sweep hm1d_table1/b experiment=hm1d/table1_detector "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/l2d_64,hm1d/l2d_128,hm1d/l2d_256
+# Table 1's rows pick their model (hm1d or fan2d), so net keys are forced with ++ (they exist only once a row is applied)
+HM1D_T1=(data=synthetic data.batch_size=32 ++model.crop_size=128 ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3)
+sweep hm1d_table1/a experiment=hm1d/table1_detector "${HM1D_T1[@]}" trainer.max_epochs=20 ablation=hm1d/l1d_64,hm1d/l1d_256,hm1d/l1d_768
+sweep hm1d_table1/b experiment=hm1d/table1_detector "${HM1D_T1[@]}" trainer.max_epochs=20 ablation=hm1d/l2d_64,hm1d/l2d_128,hm1d/l2d_256
 sweep hm1d_fig3/a experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_0,hm1d/gamma_0_1,hm1d/gamma_0_2
 sweep hm1d_fig3/b experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_3,hm1d/gamma_0_4,hm1d/gamma_0_5
 sweep hm1d_fig3/c experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_6,hm1d/gamma_0_7,hm1d/gamma_0_8

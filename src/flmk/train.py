@@ -74,6 +74,8 @@ def run_meta(cfg: DictConfig, out_dir: Path) -> dict:
         "stands_for": dict(cfg.data.get("stands_for") or {}),
         "primary_nme": cfg.data.get("primary_nme", "nme_io"),
         "output_dir": str(out_dir),
+        # HM1D Table 1 reports memory per heatmap length: the peak of this process's GPU allocations
+        "peak_gpu_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
     }
 
 
