@@ -86,6 +86,7 @@ def bench(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = build_datamodule(cfg)
+    dm.batch_size = b.batch_size  # the data-path measurement trains on the same batch size
     dm.prepare_data()
     dm.setup("fit")
     module = build_module(cfg, dm)
