@@ -1,6 +1,6 @@
 """Dataset doctor: is the data on disk what the readers expect?
 
-    python -m flmk.data.check data=300w [data.sources.300w.root=/datasets/300W] [--out DIR] [--faces 16]
+    python -m flmk.data.check data=300w [data.root=/datasets/300W] [--out DIR] [--faces 16]
     python -m flmk.data.check +source=cofw68 source.root=/datasets/COFW68
 
 For every source of the data config and every split it reports the face count,
