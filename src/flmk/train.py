@@ -7,7 +7,6 @@ paper's table (`python -m flmk.train -m experiment=<paper>/<table>`).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra

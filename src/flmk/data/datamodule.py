@@ -9,7 +9,6 @@ config, not code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -44,15 +43,19 @@ class FaceDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
+        return self.sample(i, np.random.default_rng([int(torch.randint(0, 2**62, ())), i]))
+
+    def sample(self, i: int, rng: np.random.Generator, box: np.ndarray | None = None,
+               params: dict | None = None) -> dict:
+        """Record ``i`` as a crop; ``box`` and ``params`` let a clip share one box and one geometry."""
         r = self.records[i]
-        rng = np.random.default_rng([int(torch.randint(0, 2**62, ())), i])
         visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
-        box = r.box_or_points_box()
+        box = r.box_or_points_box() if box is None else box
         if self.cached is None:
-            out = self.transform(read_rgb(r.image), r.points, box, visible, rng)
+            image, source = read_rgb(r.image), None
         else:  # a pre-cropped face and its affine (original -> cache crop)
-            crops, affines = self.cached
-            out = self.transform(np.asarray(crops[i]), r.points, box, visible, rng, source=affines[i])
+            image, source = np.asarray(self.cached[0][i]), self.cached[1][i]
+        out = self.transform(image, r.points, box, visible, rng, params=params, source=source)
         s = self.transform.crop_size
         return {
             "image": torch.from_numpy(to_tensor_image(out["crop"])),
@@ -61,7 +64,7 @@ class FaceDataset(Dataset):
             "has_visibility": torch.tensor(r.visible is not None),
             "affine": torch.from_numpy(out["affine"].astype(np.float32)),
             "target_orig": torch.from_numpy(r.points.astype(np.float32)),
-            "box": torch.from_numpy(box.astype(np.float32)),
+            "box": torch.from_numpy(np.asarray(box, dtype=np.float32)),
             "index": torch.tensor(i, dtype=torch.long),
         }
 

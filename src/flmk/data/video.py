@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from flmk.data.datamodule import FaceDataset, LandmarkDataModule
-from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
-from flmk.data.transforms import FaceTransform, to_tensor_image
+from flmk.data.transforms import FaceTransform
 
 
 def group_videos(records: list[FaceRecord]) -> dict[str, list[int]]:
@@ -50,10 +49,10 @@ def cut_clips(videos: dict[str, list[int]], length: int, stride: int, cover: boo
 
 class ClipDataset(Dataset):
     def __init__(self, records: list[FaceRecord], transform: FaceTransform, length: int, stride: int, cover: bool,
-                 box_policy: str = "clip"):
+                 box_policy: str = "clip", cached: tuple[np.ndarray, np.ndarray] | None = None):
         if box_policy not in ("clip", "frame"):
             raise ValueError(f"data.box_policy={box_policy!r}; expected 'clip' (one box per clip) or 'frame'")
-        self.frames = FaceDataset(records, transform.layout, transform)
+        self.frames = FaceDataset(records, transform.layout, transform, cached)
         self.records, self.transform, self.box_policy = records, transform, box_policy
         self.clips = cut_clips(group_videos(records), length, stride, cover)
 
@@ -68,23 +67,8 @@ class ClipDataset(Dataset):
         params = self.transform.sample_params(rng)
         boxes = np.stack([self.records[j].box_or_points_box() for j in padded])
         clip_box = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
-        frames = []
-        for j in padded:
-            r = self.records[j]
-            box = clip_box if self.box_policy == "clip" else boxes[padded.index(j)]
-            visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
-            out = self.transform(read_rgb(r.image), r.points, box, visible, rng, params=params)
-            s = self.transform.crop_size
-            frames.append({
-                "image": torch.from_numpy(to_tensor_image(out["crop"])),
-                "points": torch.from_numpy(((out["points"] + 0.5) / s).astype(np.float32)),
-                "visible": torch.from_numpy(out["visible"].astype(np.float32)),
-                "has_visibility": torch.tensor(r.visible is not None),
-                "affine": torch.from_numpy(out["affine"].astype(np.float32)),
-                "target_orig": torch.from_numpy(r.points.astype(np.float32)),
-                "box": torch.from_numpy(box.astype(np.float32)),
-                "index": torch.tensor(j, dtype=torch.long),
-            })
+        frames = [self.frames.sample(j, rng, box=clip_box if self.box_policy == "clip" else None, params=params)
+                  for j in padded]
         sample = {k: torch.stack([f[k] for f in frames]) for k in frames[0]}
         sample["valid"] = torch.tensor([j >= 0 and self.records[j].attributes.get("valid", True) for j in clip])
         return sample
@@ -114,5 +98,6 @@ class VideoClipDataModule(LandmarkDataModule):
     def dataset(self, split: str) -> ClipDataset:
         train = split == "train"
         transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
+        cached = self.cache.get(self.splits[split]) if self.cache is not None else None
         return ClipDataset(self.splits[split], transform, self.clip_length, self.clip_stride, cover=not train,
-                           box_policy=self.box_policy)
+                           box_policy=self.box_policy, cached=cached)
