@@ -112,3 +112,14 @@ def test_short_training_lowers_validation_nme(tmp_path, synthetic_root):
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "csv" / "metrics.csv")) if r.get("val/nme")]
     nmes = [float(r["val/nme"]) for r in rows]
     assert nmes[-1] < 0.7 * nmes[0], nmes
+
+
+def test_wandb_logs_offline_without_an_account(tmp_path, synthetic_root, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_train(FAST + ["logger=wandb"], tmp_path / "run", synthetic_root)
+    train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = {p.parent.name for p in runs[0].glob("files/media/images/*/*.png")}
+    assert media == {"ced", "predictions"}
+    assert (tmp_path / "run" / "csv" / "metrics.csv").exists()  # the CSV log is kept beside W&B

@@ -58,7 +58,7 @@ def print_results(results: dict[str, dict], title: str, out_dir: Path | None = N
     split = "full" if "full" in results else list(results)[-1]
     ours, mean = results[split]["metrics"].get("nme_io"), results[split].get("mean_shape", {}).get("nme_io")
     if ours and mean:
-        console.print(f"{split}: inter-ocular NME {100 * ours:.2f}% vs {100 * mean:.2f}% for the mean shape "
-                      (f"({mean / ours:.1f}x lower)." if ours < mean else "(no better than the mean shape)."))
+        verdict = f"{mean / ours:.1f}x lower" if ours < mean else "no better than the mean shape"
+        console.print(f"{split}: inter-ocular NME {100 * ours:.2f}% vs {100 * mean:.2f}% for the mean shape ({verdict}).")
     if out_dir is not None:
         console.print(f"Run folder: {out_dir}")
