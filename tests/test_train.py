@@ -123,3 +123,17 @@ def test_wandb_logs_offline_without_an_account(tmp_path, synthetic_root, monkeyp
     media = {p.parent.name for p in runs[0].glob("files/media/images/*/*.png")}
     assert media == {"ced", "predictions"}
     assert (tmp_path / "run" / "csv" / "metrics.csv").exists()  # the CSV log is kept beside W&B
+
+
+def test_evaluate_saves_the_networks_maps(tmp_path, synthetic_root):
+    """ODN's occlusion probability map (Fig. 6) over test crops, written by flmk.evaluate."""
+    cfg = compose_train(["model=odn", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                         "trainer.limit_val_batches=1", "test=false"], tmp_path / "run", synthetic_root)
+    train(cfg)
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    ecfg = compose_train(["data=synthetic", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "save_maps=2",
+                          "trainer.limit_test_batches=1"], tmp_path / "eval", synthetic_root, config_name="evaluate")
+    evaluate(ecfg)
+    maps = sorted(p.name for p in (tmp_path / "eval" / "maps").glob("*.png"))
+    assert "test_clean_0_occlusion_map.png" in maps and "test_occluded_1_feature_energy.png" in maps
