@@ -94,7 +94,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         cache_size: int = 256,
         cache_margin: float = 1.0,
-        **_: object,
+        **_: object,  # config-only keys (data.root, data.<x>_root) that sources interpolate
     ):
         super().__init__()
         self.source_cfgs = {k: v for k, v in sources.items()}
