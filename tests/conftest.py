@@ -1,8 +1,7 @@
-"""Shared fixtures: a tiny synthetic dataset, composed configs, the real fixtures folder."""
+"""Shared fixtures: tiny synthetic stills and videos, composed configs (real-data fixtures: real_fixtures.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from omegaconf import DictConfig, open_dict
 from flmk.train import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FLMK_SHARED", REPO.parent / "shared"))
-REAL = SHARED / "fixtures" / "real"
 
 # Small and quick: every test that trains uses these on top of its own overrides.
 TINY = [
@@ -46,13 +43,6 @@ def compose_train(overrides: list[str], out_dir: Path, synthetic_root: Path | No
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
     return cfg
-
-
-def require_real(*parts: str) -> Path:
-    path = REAL.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real fixtures not available at {path} (set FLMK_SHARED to the shared/ folder)")
-    return path
 
 
 class NaNAfter:
