@@ -1,3 +1,8 @@
 """flmk: occlusion-robust facial landmark detection (ODN, AODN, CCDN, HM1D, SRN)."""
 
+import os
+
+# albumentations asks the network for its latest version at import; flmk runs offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 __version__ = "0.1.0"
