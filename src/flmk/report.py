@@ -132,7 +132,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_rows(path: Path, jobs: list[Job], paper: dict) -> Path | None:
     split = next(iter(paper["columns"].values()))
-    curves = {}
+    curves, ours = {}, split
     for job in jobs:
         if not job.metrics:
             continue
@@ -142,7 +142,8 @@ def plot_rows(path: Path, jobs: list[Job], paper: dict) -> Path | None:
             curves[str(job.row)] = np.load(errors)
     if not curves:
         return None
-    return plot_ced(curves, t=0.10, path=path, title=f"{paper.get('table')} — CED on {split}")
+    where = split if ours == split else f"{ours} (stands in for {split})"
+    return plot_ced(curves, t=0.10, path=path, title=f"{paper.get('table')} — CED on {where}")
 
 
 def report(sweep: Path, paper_path: Path | None = None) -> Path:
