@@ -160,21 +160,26 @@ class LandmarkDataModule(pl.LightningDataModule):
         train = [r for spec in self.train_specs for r in self.read(spec)]
         if self.val_specs:
             val = [r for spec in self.val_specs for r in self.read(spec)]
-        else:  # hold out a fixed fraction of the training set: model selection never sees a test split
-            order = np.random.default_rng(self.seed).permutation(len(train))
-            n_val = max(1, int(round(self.val_fraction * len(train))))
-            val = [train[i] for i in order[:n_val]]
-            train = [train[i] for i in sorted(order[n_val:])]
+        else:  # model selection never sees a test split
+            train, val = self.hold_out(train)
         self.splits = {"train": train, "val": val}
         for name, specs in self.test_specs.items():
             self.splits[f"test/{name}"] = [r for spec in specs for r in self.read(spec)]
 
+    def hold_out(self, train: list[FaceRecord]) -> tuple[list[FaceRecord], list[FaceRecord]]:
+        """A fixed ``val_fraction`` of the training records becomes the validation set."""
+        order = np.random.default_rng(self.seed).permutation(len(train))
+        n_val = max(1, int(round(self.val_fraction * len(train))))
+        return [train[i] for i in sorted(order[n_val:])], [train[i] for i in order[:n_val]]
+
     # -- loaders ---------------------------------------------------------------------------------
-    def dataset(self, split: str) -> FaceDataset:
+    def transform_and_cache(self, split: str) -> tuple[FaceTransform, tuple[np.ndarray, np.ndarray] | None]:
         train = split == "train"
         transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
-        cached = self.cache.get(self.splits[split]) if self.cache is not None else None
-        return FaceDataset(self.splits[split], self.layout, transform, cached)
+        return transform, self.cache.get(self.splits[split]) if self.cache is not None else None
+
+    def dataset(self, split: str) -> FaceDataset:
+        return FaceDataset(self.splits[split], self.layout, *self.transform_and_cache(split))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

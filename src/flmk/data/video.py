@@ -80,24 +80,14 @@ class VideoClipDataModule(LandmarkDataModule):
         super().__init__(*args, val_fraction=val_fraction, **kwargs)
         self.clip_length, self.clip_stride, self.box_policy = clip_length, clip_stride, box_policy
 
-    def setup(self, stage: str | None = None) -> None:
-        if "train" in self.splits:
-            return
-        if self.val_specs:
-            super().setup(stage)
-            return
-        # hold out whole videos, so validation never sees frames of a training video
-        train = [r for spec in self.train_specs for r in self.read(spec)]
+    def hold_out(self, train: list[FaceRecord]) -> tuple[list[FaceRecord], list[FaceRecord]]:
+        """Whole videos are held out, so validation never sees frames of a training video."""
         videos = sorted({r.video for r in train})
         order = np.random.default_rng(self.seed).permutation(len(videos))
         held = {videos[i] for i in order[:max(1, int(round(self.val_fraction * len(videos))))]}
-        self.splits = {"train": [r for r in train if r.video not in held], "val": [r for r in train if r.video in held]}
-        for name, specs in self.test_specs.items():
-            self.splits[f"test/{name}"] = [r for spec in specs for r in self.read(spec)]
+        return [r for r in train if r.video not in held], [r for r in train if r.video in held]
 
     def dataset(self, split: str) -> ClipDataset:
-        train = split == "train"
-        transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
-        cached = self.cache.get(self.splits[split]) if self.cache is not None else None
-        return ClipDataset(self.splits[split], transform, self.clip_length, self.clip_stride, cover=not train,
+        transform, cached = self.transform_and_cache(split)
+        return ClipDataset(self.splits[split], transform, self.clip_length, self.clip_stride, cover=split != "train",
                            box_policy=self.box_policy, cached=cached)
