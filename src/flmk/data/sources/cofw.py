@@ -23,12 +23,12 @@ Image i is the i-th COFW test image, so COFW-68 needs the COFW-29 test file too.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from flmk.data.images import write_atomic
 from flmk.data.records import AnnotationError, FaceRecord
 from flmk.data.sources.common import check_split, file_stamp, load_mat, require
 
@@ -60,10 +60,7 @@ def write_images_once(images: list[np.ndarray], folder: Path) -> list[Path]:
         path = folder / f"{i}.png"
         if not path.exists():
             bgr = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
-            tmp = path.with_suffix(".tmp.png")
-            if not cv2.imwrite(str(tmp), bgr):
-                raise OSError(f"could not write {tmp}")
-            os.replace(tmp, path)  # atomic: a killed run never leaves half an image
+            write_atomic(path, lambda tmp: cv2.imwrite(str(tmp), bgr))
         paths.append(path)
     return paths
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flmk.data.images import read_rgb
+from flmk.data.images import read_rgb, write_atomic
 from flmk.data.mask import apply_mask
 from flmk.data.records import FaceRecord
 
@@ -51,8 +51,9 @@ class MaskedSource:
             path, vis_path = out_dir / f"{stem}.jpg", out_dir / f"{stem}.vis.npy"
             if not (path.exists() and vis_path.exists()):
                 image, visible = apply_mask(read_rgb(r.image), r.points, self._rng(r), self.bridge)
-                cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-                np.save(vis_path, visible)
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+                write_atomic(path, lambda tmp: cv2.imwrite(str(tmp), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]))
+                write_atomic(vis_path, lambda tmp: np.save(tmp, visible))
             visible = np.load(vis_path)
             if r.visible is not None:
                 visible = visible & r.visible

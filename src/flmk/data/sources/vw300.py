@@ -24,11 +24,11 @@ give it in the config.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 
+from flmk.data.images import write_atomic
 from flmk.data.records import DatasetNotFoundError, FaceRecord
 from flmk.data.sources.common import check_split, file_stamp, require
 from flmk.data.sources.pts import read_pts
@@ -71,10 +71,7 @@ def decode_video(video: Path, out_dir: Path) -> None:
         if not ok:
             break
         count += 1
-        path = out_dir / f"{count:06d}.jpg"
-        tmp = out_dir / f"{count:06d}.tmp.jpg"
-        cv2.imwrite(str(tmp), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        os.replace(tmp, path)
+        write_atomic(out_dir / f"{count:06d}.jpg", lambda tmp: cv2.imwrite(str(tmp), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]))
     cap.release()
     if count == 0:
         raise OSError(f"{video}: no frame could be decoded")
