@@ -143,8 +143,9 @@ def test_starts_at_the_mean_shape() -> None:
 
 
 def test_class_activation_maps_decompose_the_prediction() -> None:
-    """Σ_p mean_hw CAM_k^p = prediction − mean shape − head biases: the maps explain the output (Fig. 8)."""
-    net = tiny(excitations=3, head_init_std=0.1).eval()
+    """Σ_p mean_hw CAM_k^p = offset_scale · (prediction − mean shape) − head biases: the maps explain the output
+    (Fig. 8), and the heads speak in 1/offset_scale crop units (crop pixels at offset_scale = crop size)."""
+    net = tiny(excitations=3, head_init_std=0.1, offset_scale=64.0).eval()
     with torch.no_grad():
         for lin in net.heads.values():
             lin.bias.normal_()
@@ -154,7 +155,7 @@ def test_class_activation_maps_decompose_the_prediction() -> None:
     assert cam.shape == (2, 3, 2 * N, 8, 8)  # T−1 at 64 / 8
     bias = sum(lin.bias for lin in net.heads.values())
     explained = cam.mean(dim=(-2, -1)).sum(dim=1) + bias
-    torch.testing.assert_close(explained.view(2, N, 2), out["points"] - net.mean_shape, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(explained.view(2, N, 2), 64.0 * (out["points"] - net.mean_shape), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out["excitation_maps"], cam.abs().mean(dim=2))
 
 
@@ -176,6 +177,7 @@ def test_baseline_has_no_ctm_and_requires_one_excitation() -> None:
 
 @pytest.mark.parametrize("kw,match", [
     (dict(variant="scdn"), "variant"), (dict(head="g_only"), "head"), (dict(excitations=0), "excitations"),
+    (dict(offset_scale=0.0), "offset_scale"),
 ])
 def test_bad_options_are_named(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -125,6 +125,9 @@ class CFF(nn.Module):
 class CCDN(nn.Module):
     """4-stack hourglass + CTMs at T−1 and T + CFF + summed GAP/Linear heads -> ``points`` (B, N, 2).
 
+    ``points`` = mean shape + (summed head outputs) / ``offset_scale``: with offset_scale = crop size the
+    heads predict crop pixels, so the optimiser's steps move points by pixels (config default).
+
     Outputs: ``points``; ``pooled_t``, ``pooled_t1`` (and ``pooled_g`` when the
     CFF exists), the per-excitation GAP features f_p (B, P, D) the COCS loss
     reads (eq. 5); ``excitation_maps`` (B, P, h, w), one CAM-style face
@@ -148,6 +151,7 @@ class CCDN(nn.Module):
         ns_iterations: int = 5,
         covariance_eps: float = 1e-5,
         head_init_std: float = 1e-3,
+        offset_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -156,6 +160,8 @@ class CCDN(nn.Module):
             raise ValueError(f"model.net.head must be one of {HEADS}, got {head!r}")
         if excitations < 1:
             raise ValueError(f"model.net.excitations must be >= 1, got {excitations}")
+        if offset_scale <= 0:
+            raise ValueError(f"model.net.offset_scale must be > 0 (crop units per head unit), got {offset_scale}")
         if variant == "baseline" and excitations != 1:
             raise ValueError(
                 f"model.net.variant=baseline has no excitation blocks: set model.net.excitations=1 "
@@ -163,6 +169,7 @@ class CCDN(nn.Module):
             )
         self.num_points = num_points
         self.excitations = excitations
+        self.offset_scale = offset_scale  # heads predict offsets in 1/offset_scale crop units (crop_size: pixels)
         self.backbone = StackedHourglass(num_stacks, channels, 3, hg_depth, tuple(stem_channels), pool)
 
         def ctm(dim: int) -> CTM | None:
@@ -201,7 +208,7 @@ class CCDN(nn.Module):
         features = self.level_features(image)
         pooled = {lvl: f.mean(dim=(-2, -1)) for lvl, f in features.items()}  # f_p before L2 (eq. 5)
         offsets = sum(self.heads[lvl](pooled[lvl].flatten(1)) for lvl in self.levels)
-        out = {"points": self.mean_shape + offsets.view(-1, self.num_points, 2)}
+        out = {"points": self.mean_shape + offsets.view(-1, self.num_points, 2) / self.offset_scale}
         out.update({f"pooled_{lvl}": f for lvl, f in pooled.items()})
         if self.visual_keys:
             with torch.no_grad():
