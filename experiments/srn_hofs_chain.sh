@@ -8,15 +8,18 @@ OUT=${1:-runs}/srn_table9
 S=${2:-60}
 PY=${PY:-python3}
 mkdir -p "$OUT"
-COMMON=(trainer=gpu logger=csv callbacks.progress_bar=null data.num_workers=2 trainer.enable_model_summary=false
-        "trainer.max_time='00:00:00:$S'")
+COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2 trainer.enable_model_summary=false ${EXTRA:-}
+        "trainer.max_time='$(printf '00:%02d:%02d:%02d' $((S / 3600)) $((S % 3600 / 60)) $((S % 60)))'")
 "$PY" -m flmk.train model=srn data=synthetic data.batch_size=32 trainer.max_epochs=30 test=false "${COMMON[@]}" \
   hydra.run.dir="$OUT/1_srn" > "$OUT/1_srn.log" 2>&1
 SRN="$OUT/1_srn/checkpoints/best.ckpt"
 "$PY" -m flmk.train experiment=srn/hofs data=synthetic_video trainer.max_steps=400 "model.module_kwargs.srn_ckpt=$SRN" \
   model.module_kwargs.target_sync=100 "${COMMON[@]}" hydra.run.dir="$OUT/2_hofs" > "$OUT/2_hofs.log" 2>&1
 HOFS=$(ls "$OUT"/2_hofs/checkpoints/last.ckpt)
-"$PY" -m flmk.train -m experiment=srn/table9 data=synthetic_video trainer.max_steps=-1 trainer.max_epochs=20 \
-  "model.net.srn_ckpt=$SRN" "model.net.hofs_ckpt=$HOFS" "${COMMON[@]}" hydra.sweep.dir="$OUT/3_table9" \
-  > "$OUT/3_table9.log" 2>&1
+for row in track_none track_rsf track_hofs; do  # the three rows side by side, as in synthetic_tables.sh
+  "$PY" -m flmk.train -m experiment=srn/table9 ablation=srn/$row data=synthetic_video trainer.max_steps=-1 \
+    trainer.max_epochs=20 "model.net.srn_ckpt=$SRN" "model.net.hofs_ckpt=$HOFS" "${COMMON[@]}" \
+    hydra.sweep.dir="$OUT/3_table9/$row" > "$OUT/3_table9_$row.log" 2>&1 &
+done
+wait
 "$PY" -m flmk.report "$OUT/3_table9" > "$OUT/report.log" 2>&1

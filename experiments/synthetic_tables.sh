@@ -1,58 +1,67 @@
 #!/usr/bin/env bash
-# Synthetic evidence for the papers' ablation tables: short schedules, many sweeps at once, spread over the
-# visible GPUs. Trends only, never a reproduction: every report is labelled synthetic.
-# Usage: bash experiments/synthetic_tables.sh <out_dir> [seconds of training per row] [regression|heatmap|all]
-#   regression: ODN, AODN, SRN tables; heatmap: HM1D and CCDN tables (hourglass models, run at 128 px / 2 stacks
-#   for HM1D, lr 1e-3, so that a short schedule gets past the flat-heatmap start).
+# Synthetic evidence for the papers' ablation tables: short schedules, every row its own process, all rows at
+# once, spread round-robin over the visible GPUs, so that rows of one table train side by side for the same
+# wall-clock time. Trends only, never a reproduction: every report is labelled synthetic.
+# Usage: bash experiments/synthetic_tables.sh <out_dir> [seconds of training per row] [tables...]
+#   tables: odn_table4 aodn_table5 srn_table7 srn_table8 ccdn_table6 ccdn_table7 hm1d_table1 hm1d_fig3 hm1d_table2,
+#   or a paper's name for all of its tables: odn aodn srn ccdn hm1d (default: all).
+#   EXTRA="key=value ..." adds overrides to every row (e.g. trainer.limit_train_batches=2 for a dry run).
+#   Hourglass models (CCDN, HM1D) run with 2 stacks, and HM1D at 128 px, lr 1e-3, so that a short schedule gets
+#   past the mean-shape / flat-heatmap start.
 set -u
 OUT=${1:-runs}
 ROW_S=${2:-60}
-WHICH=${3:-all}
+shift $(($# > 2 ? 2 : $#))
+TABLES=${*:-odn aodn srn ccdn hm1d}
+TABLES=$(echo " $TABLES " | sed -e 's/ odn / odn_table4 /; s/ aodn / aodn_table5 /; s/ srn / srn_table7 srn_table8 /' \
+  -e 's/ ccdn / ccdn_table6 ccdn_table7 /; s/ hm1d / hm1d_table1 hm1d_fig3 hm1d_table2 /')
 PY=${PY:-python3}
 NGPU=$(nvidia-smi -L | wc -l)
 mkdir -p "$OUT"
-COMMON=(trainer=gpu logger=csv callbacks.progress_bar=null data.num_workers=2
-        "trainer.max_time='00:00:00:${ROW_S}'" trainer.enable_model_summary=false)
-SHORT=(trainer.max_epochs=12 model.optimizer.lr=5e-4 "model.scheduler.milestones=[8,11]")
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2
+        ${EXTRA:-} "trainer.max_time='$(printf '00:%02d:%02d:%02d' $((ROW_S / 3600)) $((ROW_S % 3600 / 60)) $((ROW_S % 60)))'" trainer.enable_model_summary=false)
 n=0
-sweep() {  # sweep <folder> <overrides...>: one multirun on the next GPU, in the background
-  local dir=$1; shift
-  mkdir -p "$OUT/$dir"
-  CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m "$@" "${COMMON[@]}" hydra.sweep.dir="$OUT/$dir" \
-    > "$OUT/$dir/sweep.log" 2>&1 || echo "sweep $dir failed (see $OUT/$dir/sweep.log)" &
-  n=$((n + 1))
+rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one background multirun per row
+  local dir=$1 exp=$2 row
+  shift 2
+  local list=$1
+  shift
+  for row in ${list//,/ }; do
+    mkdir -p "$OUT/$dir/${row##*/}"
+    CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m experiment="$exp" ablation="$row" "$@" "${COMMON[@]}" \
+      hydra.sweep.dir="$OUT/$dir/${row##*/}" > "$OUT/$dir/${row##*/}/sweep.log" 2>&1 \
+      || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" &
+    n=$((n + 1))
+  done
 }
 STILLS=(data=synthetic)
-HM1D=(data=synthetic data.batch_size=32 model.crop_size=128 model.net.num_stacks=2 model.optimizer.lr=1e-3)
-regression() {
-sweep odn_table4/a experiment=odn/table4 "${STILLS[@]}" "${SHORT[@]}" ablation=odn/brnet,odn/gm_dm,odn/dm_lm
-sweep odn_table4/b experiment=odn/table4 "${STILLS[@]}" "${SHORT[@]}" ablation=odn/gm_lm,odn/all_no_l1,odn/all
-sweep aodn_table5/a experiment=aodn/table5 "${STILLS[@]}" "${SHORT[@]}" ablation=aodn/brnet,aodn/gm_lm,aodn/gm_am,aodn/am_lm
-sweep aodn_table5/b experiment=aodn/table5 "${STILLS[@]}" "${SHORT[@]}" ablation=aodn/r8_no_l1,aodn/r32,aodn/r64,aodn/r16_ewa
-sweep aodn_table5/c experiment=aodn/table5 "${STILLS[@]}" "${SHORT[@]}" ablation=aodn/r16,aodn/r8_ewa,aodn/all
-sweep srn_table7/a experiment=srn/table7 "${STILLS[@]}" data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=12 \
-  ablation=srn/wo_g,srn/wo_f,srn/wo_d
-sweep srn_table7/b experiment=srn/table7 "${STILLS[@]}" data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=12 \
-  ablation=srn/wo_mu,srn/full
-sweep srn_table8 experiment=srn/table8 "${STILLS[@]}" data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=12
-}
-heatmap() {
-sweep ccdn_table6/a experiment=ccdn/table6_synthetic "${STILLS[@]}" "${SHORT[@]}" \
-  ablation=ccdn/t6_g010_010_010,ccdn/t6_g010_010_025,ccdn/t6_g025_010_025
-sweep ccdn_table6/b experiment=ccdn/table6_synthetic "${STILLS[@]}" "${SHORT[@]}" ablation=ccdn/t6_g025_010_050,ccdn/t6_g025_010_100
-sweep ccdn_table7 experiment=ccdn/table7_synthetic "${STILLS[@]}" "${SHORT[@]}"
-# Table 1's rows pick their model (hm1d or fan2d), so net keys are forced with ++ (they exist only once a row is applied)
-HM1D_T1=(data=synthetic data.batch_size=32 ++model.crop_size=128 ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3)
-sweep hm1d_table1/a experiment=hm1d/table1_detector "${HM1D_T1[@]}" trainer.max_epochs=20 ablation=hm1d/l1d_64,hm1d/l1d_256,hm1d/l1d_768
-sweep hm1d_table1/b experiment=hm1d/table1_detector "${HM1D_T1[@]}" trainer.max_epochs=20 ablation=hm1d/l2d_64,hm1d/l2d_128,hm1d/l2d_256
-sweep hm1d_fig3/a experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_0,hm1d/gamma_0_1,hm1d/gamma_0_2
-sweep hm1d_fig3/b experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_3,hm1d/gamma_0_4,hm1d/gamma_0_5
-sweep hm1d_fig3/c experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_6,hm1d/gamma_0_7,hm1d/gamma_0_8
-sweep hm1d_fig3/d experiment=hm1d/fig3_gamma "${HM1D[@]}" trainer.max_epochs=20 ablation=hm1d/gamma_0_9,hm1d/gamma_1_0
-sweep hm1d_table2 experiment=hm1d/table2_lambda data=synthetic_video model.crop_size=128 model.net.num_stacks=2 \
-  model.optimizer.lr=1e-3 trainer.max_epochs=40
-}
-case $WHICH in regression) regression ;; heatmap) heatmap ;; *) regression; heatmap ;; esac
+SHORT=(trainer.max_epochs=12 model.optimizer.lr=5e-4 "model.scheduler.milestones=[8,11]")
+SRN=(data=synthetic data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=30)
+CCDN=(data=synthetic ++model.net.num_stacks=2 trainer.max_epochs=30 "model.scheduler.milestones=[20,26]")
+HM1D=(data=synthetic data.batch_size=32 ++model.crop_size=128 ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3)
+for t in $TABLES; do case $t in
+odn_table4) rows odn_table4 odn/table4 odn/brnet,odn/gm_dm,odn/dm_lm,odn/gm_lm,odn/all_no_l1,odn/all "${STILLS[@]}" "${SHORT[@]}" ;;
+aodn_table5) rows aodn_table5 aodn/table5 \
+  aodn/brnet,aodn/gm_lm,aodn/gm_am,aodn/am_lm,aodn/r8_no_l1,aodn/r32,aodn/r64,aodn/r16_ewa,aodn/r16,aodn/r8_ewa,aodn/all \
+  "${STILLS[@]}" "${SHORT[@]}" ;;
+srn_table7) rows srn_table7 srn/table7 srn/wo_g,srn/wo_f,srn/wo_d,srn/wo_mu,srn/full "${SRN[@]}" ;;
+srn_table8) rows srn_table8 srn/table8 srn/no_nlb,srn/nlb "${SRN[@]}" ;;
+ccdn_table6) rows ccdn_table6 ccdn/table6_synthetic \
+  ccdn/t6_g010_010_010,ccdn/t6_g010_010_025,ccdn/t6_g025_010_025,ccdn/t6_g025_010_050,ccdn/t6_g025_010_100 "${CCDN[@]}" ;;
+ccdn_table7) rows ccdn_table7 ccdn/table7_synthetic ccdn/t7_p1,ccdn/t7_p2,ccdn/t7_p3,ccdn/t7_p4 "${CCDN[@]}" ;;
+# Table 1's rows pick their model (hm1d or fan2d): net keys exist only once a row is applied, hence ++. Its 2D rows
+# leave the flat-heatmap start later (a 256² map per point), hence the longer schedule.
+hm1d_table1) rows hm1d_table1 hm1d/table1_detector \
+  hm1d/l1d_64,hm1d/l1d_256,hm1d/l1d_768,hm1d/l2d_64,hm1d/l2d_128,hm1d/l2d_256 "${HM1D[@]}" trainer.max_epochs=40 \
+  "++model.scheduler.milestones=[30,36]" ;;
+hm1d_fig3) rows hm1d_fig3 hm1d/fig3_gamma \
+  hm1d/gamma_0_0,hm1d/gamma_0_1,hm1d/gamma_0_2,hm1d/gamma_0_3,hm1d/gamma_0_4,hm1d/gamma_0_5,hm1d/gamma_0_6,hm1d/gamma_0_7,hm1d/gamma_0_8,hm1d/gamma_0_9,hm1d/gamma_1_0 \
+  "${HM1D[@]}" trainer.max_epochs=30 "++model.scheduler.milestones=[22,27]" ;;
+hm1d_table2) rows hm1d_table2 hm1d/table2_lambda hm1d/lambda_0_0,hm1d/lambda_0_3 data=synthetic_video ++model.crop_size=128 \
+  ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=60 ;;
+*) echo "unknown table $t"; exit 2 ;;
+esac; done
 wait
 for d in "$OUT"/*/; do
   "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || echo "report $d failed"
