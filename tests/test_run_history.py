@@ -29,12 +29,14 @@ def make_job(folder: Path, row: str, peak: float | None) -> None:
         "3,131,,,,0.1\n"  # the test row carries the epoch after the last
     )
     if peak is not None:
-        (folder / "metrics.json").write_text(json.dumps({"meta": {"peak_gpu_mem_GiB": peak}}))
+        (folder / "metrics.json").write_text(
+            json.dumps({"meta": {"primary_nme": "nme_ip", "peak_gpu_mem_GiB": peak}, "splits": {}}))
 
 
 def test_history_reads_epochs_primary_nme_and_peak_memory(tmp_path: Path) -> None:
     make_job(tmp_path / "0_ccdn" / "t7_p2", "ccdn/t7_p2", 2.0625)
-    assert run_history.history(tmp_path / "0_ccdn" / "t7_p2") == ("ccdn/t7_p2", 3, [25.0, 12.5], 2.0625)
+    (job,) = run_history.load_jobs(tmp_path)
+    assert run_history.history(job) == ("ccdn/t7_p2", 3, [25.0, 12.5], 2.0625)
 
 
 def test_main_prints_one_markdown_row_per_job(tmp_path: Path, capsys) -> None:

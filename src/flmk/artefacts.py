@@ -9,6 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from flmk.data.images import write_atomic
 from flmk.plots import plot_ced
 
 TABLE_KEYS = ("nme_io", "nme_ip", "nme_box", "fr@0.10", "auc@0.10", "count")  # the rest is in metrics.json
@@ -29,11 +30,8 @@ def write_results(out_dir: Path, results: dict[str, dict], meta: dict) -> Path:
         payload["splits"][split] = dict(entry["metrics"])
         if "mean_shape" in entry:
             payload["splits"][split]["mean_shape"] = entry["mean_shape"]
-    path = out_dir / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+    text = json.dumps(payload, indent=2, sort_keys=True)
+    return write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
 
 
 def print_results(results: dict[str, dict], title: str, out_dir: Path | None = None) -> None:

@@ -49,6 +49,7 @@ def load_jobs(sweep: Path) -> list[Job]:
             "synthetic": str(cfg.get("data", {}).get("name", "")).startswith("synthetic"),
             "stands_for": cfg.get("data", {}).get("stands_for") or {},
             "comparable": cfg.get("data", {}).get("comparable", True),
+            "primary_nme": cfg.get("data", {}).get("primary_nme", "nme_io"),
         }
         jobs.append(Job(folder, choices.get("ablation") or cfg.get("row"), cfg.get("table"),
                         (payload or {}).get("splits"), meta))

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from flmk.data.images import read_rgb
+from flmk.data.images import read_rgb, write_atomic
 from flmk.data.records import FaceRecord
 from flmk.data.transforms import crop_affine
 
@@ -80,6 +79,4 @@ class CropCache:
         del crops
         np.save(folder / "affines.npy", affines)
         meta = {"version": CACHE_VERSION, "crop_size": S, "margin": self.margin, "count": len(records)}
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, folder / "meta.json")
+        write_atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))

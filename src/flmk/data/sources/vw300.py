@@ -71,7 +71,8 @@ def decode_video(video: Path, out_dir: Path) -> None:
         if not ok:
             break
         count += 1
-        write_atomic(out_dir / f"{count:06d}.jpg", lambda tmp: cv2.imwrite(str(tmp), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]))
+        write_atomic(out_dir / f"{count:06d}.jpg",
+                     lambda tmp: cv2.imwrite(str(tmp), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]))
     cap.release()
     if count == 0:
         raise OSError(f"{video}: no frame could be decoded")
