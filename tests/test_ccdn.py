@@ -1,4 +1,4 @@
-"""CCDN: CTM, CFF, COCS loss, variants, heads, activation maps, bf16 autocast (tiny widths)."""
+"""CCDN: CTM, CFF, COCS loss, variants, heads, activation maps, loss units, bf16 autocast (tiny widths)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from flmk.models.blocks.hourglass import StackedHourglass
 from flmk.models.ccdn import CCDN, CFF, CTM, CCDNLoss, cross_semantic_loss
 
 N = 5  # landmarks in the tiny tests
@@ -66,17 +67,31 @@ def test_fcdn_ctm_has_no_second_order_parameters() -> None:
     assert sum(p.numel() for p in ctm.parameters()) == 4 * (16 * 4 + 4 + 4 * 16 + 16)
 
 
-def test_cff_separate_weights_per_excitation_and_shapes() -> None:
+def test_cff_per_excitation_weights_are_separate() -> None:
     torch.manual_seed(0)
-    cff = CFF(t_channels=8, channels=4, excitations=2)
+    cff = CFF(t_channels=8, channels=4, excitations=2, weights="per_excitation")
     x_t, x_t1 = torch.randn(2, 2, 8, 3, 3), torch.randn(2, 2, 4, 6, 6)
-    g = cff(x_t, x_t1)
-    assert g.shape == (2, 2, 4, 6, 6)
+    g, pre = cff(x_t, x_t1)
+    assert g.shape == pre.shape == (2, 2, 4, 6, 6)
     x_t2 = x_t.clone()
     x_t2[:, 1] += 1.0  # perturb excitation 1 at layer T only
-    g2 = cff(x_t2, x_t1)
+    g2, _ = cff(x_t2, x_t1)
     torch.testing.assert_close(g[:, 0], g2[:, 0])
     assert not torch.allclose(g[:, 1], g2[:, 1])
+
+
+def test_cff_shared_applies_one_k1_fconv_k2_bn_to_every_excitation() -> None:
+    """Eq. 7 indexes the features by p, not K₁, K₂: one set of kernels; the BN (after) is the only coupling."""
+    torch.manual_seed(0)
+    shared, grouped = CFF(8, 4, 3, "shared"), CFF(8, 4, 3, "per_excitation")
+    assert sum(q.numel() for q in grouped.parameters()) == 3 * sum(q.numel() for q in shared.parameters())
+    x_t, x_t1 = torch.randn(2, 3, 8, 3, 3), torch.randn(2, 3, 4, 6, 6)
+    _, pre = shared(x_t, x_t1)
+    for p in range(3):  # excitation p alone, through the same kernels
+        _, alone = shared(x_t[:, p : p + 1], x_t1[:, p : p + 1])
+        torch.testing.assert_close(pre[:, p], alone[:, 0])
+    with pytest.raises(ValueError, match="cff_weights"):
+        CFF(8, 4, 3, "per_level")
 
 
 # -- COCS (eqs. 5, 6) --------------------------------------------------------------------------------
@@ -116,17 +131,17 @@ def test_cocs_matches_the_written_out_formula() -> None:
 
 
 @pytest.mark.parametrize("size", [64, 128])
-@pytest.mark.parametrize("variant,p", [("ccdn", 4), ("fcdn", 2), ("baseline", 1)])
+@pytest.mark.parametrize("variant,p", [("ccdn", 4), ("fcdn", 2), ("no_ctm", 1)])
 def test_output_shapes(size: int, variant: str, p: int) -> None:
     net = tiny(variant=variant, excitations=p).eval()
     with torch.no_grad():
         out = net(image(2, size))
     s = size // 4
     assert out["points"].shape == (2, N, 2)
-    assert out["pooled_t"].shape == (2, p, 32)
-    assert out["pooled_t1"].shape == (2, p, 16)
-    assert out["pooled_g"].shape == (2, p, 16)
-    if variant == "baseline":
+    assert out["semantic_t"].shape == (2, p, 32)
+    assert out["semantic_t1"].shape == (2, p, 16)
+    assert out["semantic_g"].shape == (2, p, 16)
+    if variant == "no_ctm":
         assert net.visual_keys == () and "excitation_maps" not in out
     else:
         assert net.visual_keys == ("excitation_maps",)
@@ -168,16 +183,36 @@ def test_fcdn_has_no_second_order_parameters() -> None:
     assert sum(p.numel() for p in ccdn.parameters()) - sum(p.numel() for p in fcdn.parameters()) == nd
 
 
-def test_baseline_has_no_ctm_and_requires_one_excitation() -> None:
-    net = tiny(variant="baseline", excitations=1)
-    assert net.block_t.ctm is None and net.block_t1.ctm is None
-    with pytest.raises(ValueError, match="excitations=1"):
-        tiny(variant="baseline", excitations=4)
+def test_baseline_is_four_hourglasses_regressing_coordinates() -> None:
+    """Tables 2–5 "Baseline": the stacked hourglasses regress the points (GAP + Linear on the last HG), with
+    none of CCDN's blocks T−1 / T, CFF or summed heads (the former baseline kept them: now ``no_ctm``)."""
+    net = tiny(variant="baseline", excitations=1, head_init_std=0.1).eval()
+    assert net.block_t is None and net.block_t1 is None and net.cff is None and set(net.heads) == {"hg"}
+    torch.manual_seed(0)
+    hourglasses = StackedHourglass(1, 16, 3, 2, (8, 16))
+    head = 16 * 2 * N + 2 * N  # Linear(channels -> 2N)
+    assert sum(q.numel() for q in net.parameters()) == sum(q.numel() for q in hourglasses.parameters()) + head
+    x = image(2)
+    with torch.no_grad():
+        out = net(x)
+        gap = net.backbone(x)[-1].mean(dim=(-2, -1))
+    assert set(out) == {"points"} and net.visual_keys == ()
+    expected = net.mean_shape + net.heads["hg"](gap).view(2, N, 2) / net.offset_scale
+    torch.testing.assert_close(out["points"], expected)
+    assert set(CCDNLoss()(net(x), batch(2), net)) == {"regression", "loss"}
+
+
+def test_no_ctm_keeps_the_blocks_without_ctm_and_variants_without_excitations_need_p1() -> None:
+    net = tiny(variant="no_ctm", excitations=1)
+    assert net.block_t.ctm is None and net.block_t1.ctm is None and set(net.heads) == {"t", "t1", "g"}
+    for variant in ("baseline", "no_ctm"):
+        with pytest.raises(ValueError, match="excitations=1"):
+            tiny(variant=variant, excitations=4)
 
 
 @pytest.mark.parametrize("kw,match", [
     (dict(variant="scdn"), "variant"), (dict(head="g_only"), "head"), (dict(excitations=0), "excitations"),
-    (dict(offset_scale=0.0), "offset_scale"),
+    (dict(offset_scale=0.0), "offset_scale"), (dict(cocs_g="relu"), "cocs_g"), (dict(cff_weights="x"), "cff_weights"),
 ])
 def test_bad_options_are_named(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -188,7 +223,7 @@ def test_t_only_head_uses_layer_t_only() -> None:
     net = tiny(head="t_only", excitations=2)
     assert set(net.heads) == {"t"}
     assert net.cff is not None  # COCS still needs the fused level G
-    assert tiny(head="t_only", variant="baseline", excitations=1).cff is None
+    assert tiny(head="t_only", variant="no_ctm", excitations=1).cff is None
 
 
 # -- loss (eq. 9) ------------------------------------------------------------------------------------
@@ -201,12 +236,10 @@ def test_loss_terms_and_values() -> None:
     assert set(terms) == {"regression", "cocs_t", "cocs_t1", "cocs_g", "loss"}
     reg = (out["points"] - b["points"]).pow(2).sum(dim=(1, 2)).mean()
     torch.testing.assert_close(terms["regression"], reg)
-    torch.testing.assert_close(terms["cocs_t"], 0.025 * cross_semantic_loss(out["pooled_t"]))
-    torch.testing.assert_close(terms["cocs_t1"], 0.01 * cross_semantic_loss(out["pooled_t1"]))
-    torch.testing.assert_close(terms["cocs_g"], 0.05 * cross_semantic_loss(out["pooled_g"]))
+    torch.testing.assert_close(terms["cocs_t"], 0.025 * cross_semantic_loss(out["semantic_t"]))
+    torch.testing.assert_close(terms["cocs_t1"], 0.01 * cross_semantic_loss(out["semantic_t1"]))
+    torch.testing.assert_close(terms["cocs_g"], 0.05 * cross_semantic_loss(out["semantic_g"]))
     torch.testing.assert_close(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
-    scaled = CCDNLoss(coordinate_scale=128.0)(out, b, net)
-    torch.testing.assert_close(scaled["regression"], reg * 128.0**2)
 
 
 def test_zero_gamma_drops_its_term() -> None:
@@ -215,14 +248,14 @@ def test_zero_gamma_drops_its_term() -> None:
     assert "cocs_t1" not in terms and "cocs_t" in terms and "cocs_g" in terms
 
 
-@pytest.mark.parametrize("variant", ["ccdn", "fcdn", "baseline"])
+@pytest.mark.parametrize("variant", ["ccdn", "fcdn", "no_ctm", "baseline"])
 def test_one_excitation_has_no_cocs_term(variant: str) -> None:
     net = tiny(variant=variant, excitations=1)
     terms = CCDNLoss()(net(image()), batch(), net)
     assert set(terms) == {"regression", "loss"}
 
 
-@pytest.mark.parametrize("variant,p", [("ccdn", 4), ("fcdn", 2), ("baseline", 1)])
+@pytest.mark.parametrize("variant,p", [("ccdn", 4), ("fcdn", 2), ("no_ctm", 1), ("baseline", 1)])
 def test_one_training_step_reaches_every_parameter(variant: str, p: int) -> None:
     net, loss_fn = tiny(variant=variant, excitations=p), CCDNLoss()
     opt = torch.optim.RMSprop(net.parameters(), lr=2.5e-4)
@@ -254,5 +287,62 @@ def test_paper_sized_network_parameter_counts() -> None:
     }
     nd = 4 * (2 * 256 * 64 + 64 + 256) + 4 * (2 * 512 * 128 + 128 + 512)  # second-order MLPs at T−1 and T
     assert counts[("ccdn", 4)] - counts[("fcdn", 4)] == nd
-    assert 22.5e6 < counts[("ccdn", 4)] < 23.5e6
-    assert 15.5e6 < counts[("baseline", 1)] < 16.5e6
+    assert 17.5e6 < counts[("ccdn", 4)] < 17.8e6  # shared CFF; 22.97 M with per-excitation CFF weights
+    assert 12.7e6 < counts[("baseline", 1)] < 13.0e6  # the hourglasses and one Linear(256 -> 136)
+
+
+# -- issue 13: where Q^G is built (item 5) and the units of the data term (item 3) ------------------
+
+
+def cocs_at_init(**kw) -> dict[str, float]:
+    net = tiny(excitations=4, **kw)
+    with torch.no_grad():
+        out = net(image(6))
+    return {lvl: float(cross_semantic_loss(out[f"semantic_{lvl}"])) for lvl in ("t", "t1", "g")}
+
+
+def test_cocs_g_starts_comparable_to_the_other_levels() -> None:
+    """At initialisation the P excitations are near copies (gates ≈ σ(0)), so L(Q^T) ≈ L(Q^{T−1}) ≈ P − 1.
+    Default (one set of eq. 7 kernels, Q^G before the BN): L(Q^G) starts there too. The literal reading
+    (per-excitation kernels, Q^G after the BN, which centres every channel over the batch) starts near 0,
+    so γ₃ had next to nothing to act on."""
+    paper = cocs_at_init()
+    assert paper["t"] > 2.5 and paper["t1"] > 2.5
+    assert 0.8 < paper["g"] / paper["t"] < 1.2
+    literal = cocs_at_init(cff_weights="per_excitation", cocs_g="post_bn")
+    assert literal["g"] < 0.05 * literal["t"]
+
+
+def test_cocs_g_before_the_bn_acts_on_the_excitations_not_on_the_bn_bias() -> None:
+    """L(Q^G) built before the BN cannot be met by BN's per-channel bias (no gradient reaches it) and reaches
+    the CTM gates; after a per-excitation BN it can (its bias gets a gradient)."""
+    def grads(**kw):
+        net = tiny(excitations=3, **kw)
+        cross_semantic_loss(net(image(4))["semantic_g"]).backward()
+        gate = net.block_t1.ctm.first_order.mlp[0].weight.grad
+        return net.cff.bn.bias.grad, gate
+
+    bn_bias, gate = grads()
+    assert bn_bias is None and gate is not None and gate.abs().sum() > 0
+    bn_bias, _ = grads(cff_weights="per_excitation", cocs_g="post_bn")
+    assert bn_bias is not None and bn_bias.abs().sum() > 0
+
+
+def test_loss_units_set_the_regulariser_to_data_ratio() -> None:
+    """Fixed batch at initialisation, 68 points about 5 % of the crop off the mean shape (a mean-shape start):
+    in normalised units (default) each γ L(Q) is of the data term's order (0.05–1), as Table 6's γ need; in
+    crop pixels the data term grows by crop_size² and the same γ leave the COCS terms < 1e-4 of it."""
+    torch.manual_seed(0)
+    net = CCDN(**{**TINY, "num_points": 68}, excitations=4)
+    out = net(image(4))
+    g = torch.Generator().manual_seed(3)
+    target = {"points": out["points"].detach() + 0.035 * torch.randn(4, 68, 2, generator=g)}
+    norm = CCDNLoss()(out, target, net)
+    pix = CCDNLoss(units="pixels", crop_size=128)(out, target, net)
+    torch.testing.assert_close(pix["regression"], norm["regression"] * 128.0**2)
+    for term in ("cocs_t", "cocs_t1", "cocs_g"):
+        torch.testing.assert_close(pix[term], norm[term])
+        assert 0.05 < float(norm[term] / norm["regression"]) < 1.0
+        assert float(pix[term] / pix["regression"]) < 1e-4
+    with pytest.raises(ValueError, match="units"):
+        CCDNLoss(units="mm")

@@ -5,14 +5,17 @@ A regression port of Cross-X onto a 4-stack hourglass (IMPLEMENTATION_NOTES §4)
     image 128² -> StackedHourglass -> HG-4 features 256×32²
       -> block T−1: Residual(256→256, /2) carrying a CTM -> trunk + P side outputs X̂ᵖ_{T−1} (256×16²)
       -> block T:   Residual(256→512, /2) carrying a CTM -> P side outputs X̂ᵖ_T (512×8²)
-      -> CFF (eq. 7) per excitation: X̂ᵖ_G (256×16²)
+      -> CFF (eq. 7), one K₁, Fconv, K₂, BN for every excitation: X̂ᵖ_G (256×16²)
       -> heads: per level ℓ ∈ {T, T−1, G}, concat_p GAP(X̂ᵖ_ℓ) -> Linear -> 2N, summed (notes §8 item 9)
 
 The CTM (eqs. 1–4) squeezes the residual branch by GAP (first order) and by
 global covariance pooling (second order) and re-weights it with P excitation
 blocks; the COCS regulariser (eqs. 5, 6, 8) pushes the P excitations apart.
 Variants: ``ccdn``; ``fcdn`` (first-order squeeze only, no second-order
-parameters); ``baseline`` (no CTM, no COCS: the hourglasses regress the points).
+parameters); ``baseline`` (Tables 2–5: "four stacked hourglass networks" regress
+the points, GAP + Linear on the 4th hourglass, nothing else); ``no_ctm`` (not a
+paper row: CCDN's blocks T−1, T, CFF and summed heads without any CTM, the
+baseline before issue 13).
 P excitations live on one axis, (B, P, D, H, W); per-excitation weights are
 grouped convolutions, so nothing loops over excitations.
 """
@@ -27,8 +30,11 @@ from flmk.models.baseline import squared_point_error
 from flmk.models.blocks.covpool import GlobalCovariancePooling
 from flmk.models.blocks.hourglass import Residual, StackedHourglass
 
-VARIANTS = ("ccdn", "fcdn", "baseline")
+VARIANTS = ("ccdn", "fcdn", "baseline", "no_ctm")
 HEADS = ("tgm_sum", "t_only")
+CFF_WEIGHTS = ("shared", "per_excitation")
+COCS_G = ("pre_bn", "post_bn")
+UNITS = ("normalised", "pixels")
 
 
 class ExcitationGates(nn.Module):
@@ -102,24 +108,35 @@ class CTMResidual(nn.Module):
 
 
 class CFF(nn.Module):
-    """Cross-layer feature fusing (eq. 7), separate weights per excitation (grouped convs):
+    """Cross-layer feature fusing (eq. 7): X̂ᵖ_G = BN(K₂ * (X̂ᵖ_{T−1} + Fconv(K₁ * X̂ᵖ_T))).
 
-    X̂ᵖ_G = BN(K₂ * (X̂ᵖ_{T−1} + Deconv(K₁ * X̂ᵖ_T))), K₁ 1×1 (D_T -> D), deconv k4 s2, K₂ 3×3.
+    K₁ 1×1 (D_T -> D), Fconv k4 s2, K₂ 3×3. ``shared``: eq. 7 indexes the features by p but
+    no kernel, so one K₁, Fconv, K₂ and BN serve every excitation (P folded into the batch);
+    ``per_excitation``: separate weights per p as grouped convs (Cross-X's conv2_p / conv3_p).
+    Returns X̂ᵖ_G and K₂ * (...) before the BN, both (B, P, D, h, w).
     """
 
-    def __init__(self, t_channels: int, channels: int, excitations: int) -> None:
+    def __init__(self, t_channels: int, channels: int, excitations: int, weights: str = "shared") -> None:
         super().__init__()
-        p = excitations
-        self.k1 = nn.Conv2d(p * t_channels, p * channels, 1, groups=p, bias=False)
-        self.deconv = nn.ConvTranspose2d(p * channels, p * channels, 4, stride=2, padding=1, groups=p)
-        self.k2 = nn.Conv2d(p * channels, p * channels, 3, padding=1, groups=p, bias=False)
-        self.bn = nn.BatchNorm2d(p * channels)
+        if weights not in CFF_WEIGHTS:
+            raise ValueError(f"model.net.cff_weights must be one of {CFF_WEIGHTS}, got {weights!r}")
+        g = 1 if weights == "shared" else excitations
+        self.groups = g
+        self.k1 = nn.Conv2d(g * t_channels, g * channels, 1, groups=g, bias=False)
+        self.deconv = nn.ConvTranspose2d(g * channels, g * channels, 4, stride=2, padding=1, groups=g)
+        self.k2 = nn.Conv2d(g * channels, g * channels, 3, padding=1, groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(g * channels)
 
-    def forward(self, x_t: torch.Tensor, x_t1: torch.Tensor) -> torch.Tensor:
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, D, h, w) -> (B·P/g, g·D, h, w): P into the batch (shared) or into the channels (grouped)."""
+        b, p, d, h, w = x.shape
+        return x.reshape(b * p // self.groups, self.groups * d, h, w)
+
+    def forward(self, x_t: torch.Tensor, x_t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, p = x_t1.shape[:2]
-        up = self.deconv(self.k1(x_t.flatten(1, 2)))
-        fused = self.bn(self.k2(x_t1.flatten(1, 2) + up))
-        return fused.view(b, p, -1, *fused.shape[-2:])
+        pre_bn = self.k2(self._fold(x_t1) + self.deconv(self.k1(self._fold(x_t))))
+        fused = self.bn(pre_bn)
+        return (fused.view(b, p, -1, *fused.shape[-2:]), pre_bn.view(b, p, -1, *pre_bn.shape[-2:]))
 
 
 class CCDN(nn.Module):
@@ -128,11 +145,12 @@ class CCDN(nn.Module):
     ``points`` = mean shape + (summed head outputs) / ``offset_scale``: with offset_scale = crop size the
     heads predict crop pixels, so the optimiser's steps move points by pixels (config default).
 
-    Outputs: ``points``; ``pooled_t``, ``pooled_t1`` (and ``pooled_g`` when the
-    CFF exists), the per-excitation GAP features f_p (B, P, D) the COCS loss
-    reads (eq. 5); ``excitation_maps`` (B, P, h, w), one CAM-style face
-    activation map per excitation (Fig. 8, saved by flmk.evaluate; absent for
-    the baseline).
+    Outputs: ``points``; ``semantic_t``, ``semantic_t1``, ``semantic_g`` (B, P, D), the pooled
+    features f_p the COCS loss reads (eq. 5): GAP of X̂ᵖ_T, X̂ᵖ_{T−1} and, with ``cocs_g=pre_bn``,
+    of eq. 7 before its BN (``post_bn``: of X̂ᵖ_G itself, which BN centres per channel, so that its
+    affine bias alone can make Q^G diagonal); ``excitation_maps`` (B, P, h, w), one CAM-style face
+    activation map per excitation (Fig. 8, saved by flmk.evaluate; CTM variants only). The
+    Baseline returns ``points`` only.
     """
 
     def __init__(
@@ -152,56 +170,69 @@ class CCDN(nn.Module):
         covariance_eps: float = 1e-5,
         head_init_std: float = 1e-3,
         offset_scale: float = 1.0,
+        cff_weights: str = "shared",
+        cocs_g: str = "pre_bn",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"model.net.variant must be one of {VARIANTS}, got {variant!r}")
         if head not in HEADS:
             raise ValueError(f"model.net.head must be one of {HEADS}, got {head!r}")
+        if cocs_g not in COCS_G:
+            raise ValueError(f"model.net.cocs_g must be one of {COCS_G}, got {cocs_g!r}")
         if excitations < 1:
             raise ValueError(f"model.net.excitations must be >= 1, got {excitations}")
         if offset_scale <= 0:
             raise ValueError(f"model.net.offset_scale must be > 0 (crop units per head unit), got {offset_scale}")
-        if variant == "baseline" and excitations != 1:
+        if variant in ("baseline", "no_ctm") and excitations != 1:
             raise ValueError(
-                f"model.net.variant=baseline has no excitation blocks: set model.net.excitations=1 "
+                f"model.net.variant={variant} has no excitation blocks: set model.net.excitations=1 "
                 f"(got {excitations})"
             )
         self.num_points = num_points
         self.excitations = excitations
+        self.cocs_g = cocs_g
         self.offset_scale = offset_scale  # heads predict offsets in 1/offset_scale crop units (crop_size: pixels)
         self.backbone = StackedHourglass(num_stacks, channels, 3, hg_depth, tuple(stem_channels), pool)
+        if variant == "baseline":  # Tables 2–5: the hourglasses regress the points, GAP + Linear [assume]
+            self.block_t1 = self.block_t = self.cff = None
+            self.levels: tuple[str, ...] = ("hg",)
+            widths = {"hg": channels}
+        else:
+            def ctm(dim: int) -> CTM | None:
+                if variant == "no_ctm":
+                    return None
+                return CTM(dim, excitations, variant == "ccdn", reduction, ns_iterations, covariance_eps)
 
-        def ctm(dim: int) -> CTM | None:
-            if variant == "baseline":
-                return None
-            return CTM(dim, excitations, variant == "ccdn", reduction, ns_iterations, covariance_eps)
-
-        self.block_t1 = CTMResidual(channels, channels, 2, ctm(channels))
-        self.block_t = CTMResidual(channels, t_channels, 2, ctm(t_channels))
-        self.levels: tuple[str, ...] = ("t", "t1", "g") if head == "tgm_sum" else ("t",)
-        has_cocs = variant != "baseline" and excitations > 1  # COCS needs the fused level G (eq. 8)
-        self.cff = CFF(t_channels, channels, excitations) if "g" in self.levels or has_cocs else None
-        widths = {"t": t_channels, "t1": channels, "g": channels}
+            self.block_t1 = CTMResidual(channels, channels, 2, ctm(channels))
+            self.block_t = CTMResidual(channels, t_channels, 2, ctm(t_channels))
+            self.levels = ("t", "t1", "g") if head == "tgm_sum" else ("t",)
+            has_cocs = variant != "no_ctm" and excitations > 1  # COCS needs the fused level G (eq. 8)
+            needs_cff = "g" in self.levels or has_cocs
+            self.cff = CFF(t_channels, channels, excitations, cff_weights) if needs_cff else None
+            widths = {"t": t_channels, "t1": channels, "g": channels}
         self.heads = nn.ModuleDict({lvl: nn.Linear(excitations * widths[lvl], 2 * num_points) for lvl in self.levels})
         for lin in self.heads.values():  # start at the mean shape
             nn.init.normal_(lin.weight, std=head_init_std)
             nn.init.zeros_(lin.bias)
         self.register_buffer("mean_shape", torch.full((num_points, 2), 0.5))
-        self.visual_keys: tuple[str, ...] = () if variant == "baseline" else ("excitation_maps",)
+        self.visual_keys: tuple[str, ...] = () if variant in ("baseline", "no_ctm") else ("excitation_maps",)
 
     def set_mean_shape(self, mean_shape: torch.Tensor) -> None:
         """Predictions are offsets from this crop-normalised (N, 2) shape (LandmarkModule calls it)."""
         self.mean_shape.copy_(mean_shape.to(self.mean_shape))
 
     def level_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Side outputs X̂ᵖ_ℓ (B, P, D_ℓ, h, w) at levels ``t``, ``t1`` and (with the CFF) ``g``."""
+        """Feature maps (B, P, D_ℓ, h, w): ``hg`` (Baseline: the 4th hourglass, P = 1), or the side outputs
+        ``t``, ``t1`` and, with the CFF, ``g`` and ``g_pre_bn`` (eq. 7 before its BN)."""
         top = self.backbone(image)[-1]
+        if self.block_t1 is None:
+            return {"hg": top[:, None]}
         trunk, side_t1 = self.block_t1(top)
         _, side_t = self.block_t(trunk)
         features = {"t": side_t, "t1": side_t1}
         if self.cff is not None:
-            features["g"] = self.cff(side_t, side_t1)  # eq. 7
+            features["g"], features["g_pre_bn"] = self.cff(side_t, side_t1)  # eq. 7
         return features
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,7 +240,10 @@ class CCDN(nn.Module):
         pooled = {lvl: f.mean(dim=(-2, -1)) for lvl, f in features.items()}  # f_p before L2 (eq. 5)
         offsets = sum(self.heads[lvl](pooled[lvl].flatten(1)) for lvl in self.levels)
         out = {"points": self.mean_shape + offsets.view(-1, self.num_points, 2) / self.offset_scale}
-        out.update({f"pooled_{lvl}": f for lvl, f in pooled.items()})
+        for lvl in ("t", "t1", "g"):
+            source = "g_pre_bn" if lvl == "g" and self.cocs_g == "pre_bn" else lvl
+            if source in pooled:
+                out[f"semantic_{lvl}"] = pooled[source]
         if self.visual_keys:
             with torch.no_grad():
                 out["excitation_maps"] = self.class_activation_maps(features).abs().mean(dim=2).float()
@@ -248,7 +282,9 @@ class CCDNLoss(nn.Module):
 
     Terms: ``regression``, ``cocs_t``, ``cocs_t1``, ``cocs_g`` (already weighted). A γ of
     0 drops its term; with one excitation (p = 1, Baseline) there is no COCS term.
-    ``coordinate_scale`` sets the regression units (1: crop-normalised; 128: crop pixels).
+    ``units`` is the unit of S in the data term: ``normalised`` (crop = 1, the paper's
+    reading: only there do γ ≈ 0.01–0.1 on L(Q) ∈ [0, P−1] weigh against it, Table 6) or
+    ``pixels`` (crop pixels: the data term grows by crop_size², the COCS terms by nothing).
     """
 
     def __init__(
@@ -256,22 +292,25 @@ class CCDNLoss(nn.Module):
         gamma1: float = 0.025,
         gamma2: float = 0.01,
         gamma3: float = 0.05,
-        coordinate_scale: float = 1.0,
+        units: str = "normalised",
+        crop_size: int = 128,
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
+        if units not in UNITS:
+            raise ValueError(f"model.loss.units must be one of {UNITS}, got {units!r}")
         self.gammas = {"t": gamma1, "t1": gamma2, "g": gamma3}
-        self.coordinate_scale = coordinate_scale
+        self.scale = float(crop_size) if units == "pixels" else 1.0
         self.eps = eps
 
     def forward(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], net: nn.Module | None = None
     ) -> dict[str, torch.Tensor]:
-        s = self.coordinate_scale
+        s = self.scale
         terms = {"regression": squared_point_error(outputs["points"] * s, batch["points"] * s)}
-        if outputs["pooled_t"].shape[1] > 1:  # eq. 8
+        if "semantic_t" in outputs and outputs["semantic_t"].shape[1] > 1:  # eq. 8
             for lvl, gamma in self.gammas.items():
                 if gamma > 0:
-                    terms[f"cocs_{lvl}"] = gamma * cross_semantic_loss(outputs[f"pooled_{lvl}"], self.eps)
+                    terms[f"cocs_{lvl}"] = gamma * cross_semantic_loss(outputs[f"semantic_{lvl}"], self.eps)
         terms["loss"] = sum(terms.values())
         return terms
