@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
     base = ["experiment=ccdn/table7_synthetic", "ablation=ccdn/t7_p4", "hydra.mode=RUN", "++model.net.num_stacks=2",
-            "model.scheduler.milestones=[20,26]", "data.num_workers=4"]
+            "data.num_workers=4"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=[*base, *args.overrides])
     torch.manual_seed(cfg.seed)
