@@ -1,16 +1,26 @@
-"""Speed and memory of a model: `python -m flmk.bench model=<m> data=<d>`.
+"""Speed and memory of a model: `python -m flmk.bench model=<m> data=<d> [bench.mode=e2e]`.
 
-Measures training throughput (images/s) on in-memory tensors and through the
-real data path, batch-1 and batch-N inference latency, peak GPU memory and
-parameter count, in fp32 and bf16 autocast, optionally with torch.compile and
-channels_last. Prints a table and writes ``bench.json``. Record GPU numbers in
+``bench.mode=parts`` (default) measures training throughput (images/s) on
+in-memory tensors and through the real data path, batch-1 and batch-N
+inference latency, peak GPU memory and parameter count, in fp32 and bf16
+autocast, optionally with torch.compile and channels_last.
+
+``bench.mode=e2e`` measures what users get: ``flmk.train`` itself (Trainer,
+data module, logging, checkpointing) for ``bench.epochs`` epochs, timed per
+training epoch by :class:`EpochThroughput`, against a plain PyTorch loop of
+the same network, loss, optimiser, batch and precision on batches preloaded on
+the device; with ``bench.ddp=true`` also ``flmk.train trainer=ddp`` on every
+visible GPU. Prints a table and writes ``bench.json``. Record GPU numbers in
 experiments/BENCHMARKS.md with the GPU, versions and command.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,15 +28,18 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from flmk.data.transforms import normalise_image
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
 def _to(batch: dict, device: torch.device, channels_last: bool) -> dict:
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out["image"] = normalise_image(out["image"])
     if channels_last and out["image"].dim() == 4:
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
@@ -81,8 +94,104 @@ def _timed(fn, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+class EpochThroughput(pl.Callback):
+    """Training images per second of every epoch (all ranks' images on rank 0's clock), written as JSON."""
+
+    def __init__(self, out: str):
+        self.out, self.epochs, self.images, self.start = Path(out), [], 0, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.images, self.start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        image = batch["image"]
+        self.images += image.shape[0] * (image.shape[1] if image.dim() == 5 else 1)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.epochs.append({"epoch": trainer.current_epoch, "images": self.images * trainer.world_size,
+                            "seconds": time.perf_counter() - self.start})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(json.dumps({"world_size": trainer.world_size, "epochs": self.epochs}, indent=2))
+
+
+def steady_img_s(epochs: list[dict]) -> float:
+    """Images/s over the epochs after the first (start-up, cache filling and compilation land in epoch 0)."""
+    steady = epochs[1:] or epochs
+    return sum(e["images"] for e in steady) / sum(e["seconds"] for e in steady)
+
+
+def train_img_s(overrides: list[str], run_dir: Path, epochs: int, *extra: str) -> dict:
+    """Run `flmk.train` as a user would, for `epochs` epochs without testing, and read its epoch throughput."""
+    log_path = run_dir / "throughput.json"
+    cmd = [sys.executable, "-m", "flmk.train", *overrides, f"trainer.max_epochs={epochs}", "test=false",
+           f"+callbacks.throughput={{_target_:flmk.bench.EpochThroughput,out:'{log_path}'}}",
+           f"hydra.run.dir={run_dir}", *extra]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "bench_train.log", "w") as out:
+        if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            raise RuntimeError(f"flmk.train failed during the e2e benchmark; its log: {run_dir / 'bench_train.log'}")
+    epochs_done = json.loads(log_path.read_text())["epochs"]
+    return {"img_s": steady_img_s(epochs_done), "epochs": len(epochs_done)}
+
+
+def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
+    """The same network, loss, optimiser, batch and precision in a bare loop on batches already on the device."""
+    b = cfg.bench
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    module.set_mean_shape(dm.mean_shape())
+    module.to(device)
+    batches = [_to(x, device, b.channels_last) for x in itertools.islice(dm.train_dataloader(), b.plain_batches)]
+    precision = "bf16" if "bf16" in str(cfg.trainer.precision) and device.type == "cuda" else "fp32"
+    runner = Runner(module, device, precision, compiled=False, channels_last=b.channels_last)
+    cycle = itertools.cycle(batches)
+    step_s = _timed(lambda: runner.train_step(next(cycle)), b.steps, b.warmup, device)
+    return batches[0]["image"].shape[0] / step_s
+
+
+def user_overrides() -> list[str]:
+    """This benchmark's command-line overrides, less its own `bench.*` keys: what `flmk.train` is given."""
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("bench.")]
+
+
+def bench_e2e(cfg: DictConfig) -> dict:
+    b, out = cfg.bench, Path(cfg.paths.output_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = user_overrides()
+    flmk_run = train_img_s(overrides, out / "e2e_flmk", b.epochs)
+    plain = plain_img_s(cfg, device)
+    results = {
+        "model": cfg.model.name, "data": cfg.data.name, "crop_size": cfg.model.crop_size,
+        "batch_size": cfg.data.batch_size, "precision": str(cfg.trainer.precision), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "e2e": {"flmk_img_s": flmk_run["img_s"], "plain_img_s": plain, "ratio": flmk_run["img_s"] / plain,
+                "epochs": flmk_run["epochs"]},
+    }
+    gpus = torch.cuda.device_count()
+    if b.ddp and gpus > 1:
+        ddp_run = train_img_s(overrides, out / "e2e_ddp", b.epochs, "trainer=ddp")
+        results["ddp"] = {"gpus": gpus, "img_s_1": flmk_run["img_s"], "img_s_n": ddp_run["img_s"],
+                          "scaling": ddp_run["img_s"] / flmk_run["img_s"]}
+    elif b.ddp:
+        results["ddp"] = {"gpus": gpus, "skipped": "bench.ddp=true needs several visible GPUs"}
+    return results
+
+
 def bench(cfg: DictConfig) -> dict:
     b = cfg.bench
+    if b.mode == "e2e":
+        results = bench_e2e(cfg)
+        _write(results, Path(b.out))
+        return results
+    if b.mode != "parts":
+        raise ValueError(f"bench.mode must be 'parts' or 'e2e', got {b.mode!r}")
     pl.seed_everything(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = build_datamodule(cfg)
@@ -128,14 +237,31 @@ def bench(cfg: DictConfig) -> dict:
                 _sync(device)
                 run["train_img_s_data_path"] = n_img / (time.perf_counter() - start)
             results["runs"].append(run)
-    out = Path(b.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    _print(results, out)
+    _write(results, Path(b.out))
     return results
 
 
+def _write(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    _print(results, out)
+
+
 def _print(results: dict, out: Path) -> None:
+    if "e2e" in results:
+        table = Table(title=f"{results['model']} end to end on {results['device']}, batch {results['batch_size']}, "
+                            f"{results['precision']}")
+        for col in ("what", "img/s", "ratio"):
+            table.add_column(col, justify="right")
+        e = results["e2e"]
+        table.add_row(f"flmk.train ({e['epochs']} epochs)", f"{e['flmk_img_s']:.1f}", f"{e['ratio']:.2f}")
+        table.add_row("plain PyTorch loop", f"{e['plain_img_s']:.1f}", "1.00")
+        if "scaling" in results.get("ddp", {}):
+            d = results["ddp"]
+            table.add_row(f"flmk.train trainer=ddp, {d['gpus']} GPUs", f"{d['img_s_n']:.1f}", f"{d['scaling']:.2f} x 1 GPU")
+        Console().print(table)
+        Console().print(f"Written: {out}")
+        return
     table = Table(title=f"{results['model']} on {results['device']} — {results['params_M']:.2f} M parameters, "
                         f"crop {results['crop_size']}, batch {results['batch_size']}")
     keys = [k for k in results["runs"][0] if k not in ("precision", "compile", "channels_last")]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flmk.data.transforms import to_uint8_image
+from flmk.data.transforms import normalise_image, to_uint8_image
 from flmk.plots import landmark_grid, overlay_map
 
 
@@ -21,7 +21,7 @@ def _first_batch(dm, split: str, n: int) -> dict:
 def _predict(module, batch: dict) -> dict:
     module.eval()
     device = next(module.parameters()).device
-    return module.net(batch["image"].to(device))
+    return module.net(normalise_image(batch["image"].to(device)))
 
 
 def prediction_grid(module, dm, split: str, n: int = 8, path: Path | None = None) -> np.ndarray:

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from flmk.data.cache import CropCache
 from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
-from flmk.data.transforms import AugmentConfig, FaceTransform, apply_affine, crop_affine, to_tensor_image
+from flmk.data.transforms import (AugmentConfig, FaceTransform, apply_affine, crop_affine, to_chw_uint8,
+                                  to_tensor_image)
 from flmk.layouts import Layout, get_layout
 
 
@@ -33,8 +34,13 @@ class FaceDataset(Dataset):
     """
 
     def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform,
-                 cached: tuple[np.ndarray, np.ndarray] | None = None):
+                 cached: tuple[np.ndarray, np.ndarray] | None = None, image_dtype: str = "float32"):
         self.records, self.layout, self.transform, self.cached = records, layout, transform, cached
+        if image_dtype not in ("float32", "uint8"):
+            raise ValueError(f"data.image_dtype={image_dtype!r}; expected 'float32' or 'uint8'")
+        # uint8: crops leave the workers as bytes (4x less through shared memory, pinning and the bus) and
+        # LandmarkModule normalises them on the device (flmk.data.transforms.normalise_image)
+        self.to_image = to_chw_uint8 if image_dtype == "uint8" else to_tensor_image
         for r in records:
             if len(r.points) != layout.num_points:
                 raise ValueError(f"{r.source}: {len(r.points)} points, layout {layout.name} expects {layout.num_points}")
@@ -58,7 +64,7 @@ class FaceDataset(Dataset):
         out = self.transform(image, r.points, box, visible, rng, params=params, source=source)
         s = self.transform.crop_size
         return {
-            "image": torch.from_numpy(to_tensor_image(out["crop"])),
+            "image": torch.from_numpy(self.to_image(out["crop"])),
             "points": torch.from_numpy(((out["points"] + 0.5) / s).astype(np.float32)),
             "visible": torch.from_numpy(out["visible"].astype(np.float32)),
             "has_visibility": torch.tensor(r.visible is not None),
@@ -94,6 +100,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         cache_size: int = 256,
         cache_margin: float = 1.0,
+        image_dtype: str = "float32",
         **_: object,  # config-only keys (data.root, data.<x>_root) that sources interpolate
     ):
         super().__init__()
@@ -129,6 +136,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.cache = CropCache(cache_dir, cache_size, cache_margin) if cache else None
         if cache and not cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir (where the crop store is written)")
+        self.image_dtype = image_dtype
         self._sources: dict | None = None
         self.splits: dict[str, list[FaceRecord]] = {}
 
@@ -179,7 +187,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         return transform, self.cache.get(self.splits[split]) if self.cache is not None else None
 
     def dataset(self, split: str) -> FaceDataset:
-        return FaceDataset(self.splits[split], self.layout, *self.transform_and_cache(split))
+        return FaceDataset(self.splits[split], self.layout, *self.transform_and_cache(split), image_dtype=self.image_dtype)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from flmk.layouts import Layout
 
@@ -144,6 +145,22 @@ def to_tensor_image(crop: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_image(x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_tensor_image`, for visualisation."""
+    """Inverse of :func:`to_tensor_image` (or :func:`to_chw_uint8`), for visualisation."""
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x.transpose(1, 2, 0))
     img = x.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
     return np.clip(img * 255.0, 0, 255).astype(np.uint8)
+
+
+def to_chw_uint8(crop: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB -> uint8 3xHxW: the crop leaves the loader workers as bytes, normalised on the device."""
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+def normalise_image(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, as :func:`to_tensor_image`; float input is returned as is."""
+    if x.dtype != torch.uint8:
+        return x
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x.float() / 255.0 - mean) / std

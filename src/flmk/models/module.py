@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from flmk.data.transforms import normalise_image
 from flmk.layouts import get_layout
 from flmk.metrics import LandmarkMetrics
 
@@ -96,6 +97,11 @@ class LandmarkModule(pl.LightningModule):
 
     def forward(self, image: torch.Tensor) -> dict:
         return self.net(image)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 crops (data.image_dtype=uint8) are normalised here, on the device."""
+        batch["image"] = normalise_image(batch["image"])
+        return batch
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
