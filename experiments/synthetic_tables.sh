@@ -35,7 +35,7 @@ rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one b
     n=$((n + 1))
   done
 }
-STILLS=(data=synthetic)
+STILLS=(data=synthetic model.pretrained=false)
 SHORT=(trainer.max_epochs=12 model.optimizer.lr=5e-4 "model.scheduler.milestones=[8,11]")
 SRN=(data=synthetic data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=30)
 CCDN=(data=synthetic ++model.net.num_stacks=2 trainer.max_epochs=30 "model.scheduler.milestones=[20,26]")
