@@ -259,3 +259,34 @@ def test_a_few_steps_lower_the_loss() -> None:
         opt.step()
         history.append(terms["points"].item())
     assert history[-1] < 0.5 * history[0]
+
+
+def regulariser_ratios(net: nn.Module, loss_cfg, units: str, batch: dict) -> tuple[dict[str, float], torch.Tensor]:
+    loss = instantiate(loss_cfg, units=units)
+    with torch.no_grad():
+        terms = loss(net(batch["image"]), batch, net)
+    return {k: (v / terms["points"]).item() for k, v in terms.items() if k not in ("points", "loss")}, terms["points"]
+
+
+def test_loss_units_set_the_regulariser_balance() -> None:
+    """Eq. 3 in crop pixels (default) vs crop-normalised units, at initialisation on a fixed batch.
+
+    The regularisers do not depend on the unit and the data term scales by S^2,
+    so every regulariser-to-data ratio in pixels is the normalised one over S^2.
+    """
+    cfg = OmegaConf.create({"data": {"num_points": 68}, "model": OmegaConf.load(CONF / "odn.yaml")})
+    cfg.model.pretrained = False
+    assert cfg.model.loss.units == "pixels" and cfg.model.loss.crop_size == cfg.model.crop_size == 224
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net).eval()
+    batch = {"image": torch.randn(2, 3, 64, 64), "points": torch.rand(2, 68, 2)}
+    pixels, data_px = regulariser_ratios(net, cfg.model.loss, "pixels", batch)
+    normalised, data_n = regulariser_ratios(net, cfg.model.loss, "normalised", batch)
+    assert set(pixels) == {"nuclear_M", "frobenius_M", "conv_weights", "fc_weights", "occlusion_l1"}
+    with torch.no_grad():
+        err = ((net(batch["image"])["points"] - batch["points"]) * 224).pow(2).sum((1, 2)).mean()
+    assert data_px.item() == pytest.approx(err.item(), rel=1e-5)  # (1/N) sum ||S_hat - S||_F^2 in crop pixels
+    for term in pixels:
+        assert pixels[term] == pytest.approx(normalised[term] / 224**2, rel=1e-4), term
+    # in pixels alpha ||W_c||^2 is a light decay beside the data term; crop-normalised it is not
+    assert pixels["conv_weights"] < 1e-4 < normalised["conv_weights"]
