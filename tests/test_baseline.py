@@ -114,8 +114,10 @@ def test_pretrained_path_errors_name_the_file(tmp_path) -> None:
         BRNet(pretrained_path=str(tmp_path / "r34.pth"))
 
 
-@pytest.mark.parametrize("experiment", [*(f"odn/{p.stem}" for p in sorted((CONF / "experiment" / "odn").glob("*.yaml"))),
-                                        *(f"aodn/{p.stem}" for p in sorted((CONF / "experiment" / "aodn").glob("*.yaml")))])
+PRESETS = sorted(f"{paper}/{p.stem}" for paper in ("odn", "aodn") for p in (CONF / "experiment" / paper).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
 def test_paper_presets_start_from_imagenet(experiment: str) -> None:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
