@@ -107,9 +107,9 @@ class NuclearNorm(nn.Module):
     takes one every ``svd_every`` calls (the anchor) and in between runs
     ``ns_steps`` Newton-Schulz iterations scaled by the largest singular value,
     which a power iteration warm-started from the last call's singular vector
-    tracks in two matmuls. At each anchor the NS factor is checked against the
-    SVD's; where they differ by more than ``ns_tol`` (relative Frobenius) the
-    step count grows, up to ``ns_max_steps``. A failed anchor SVD falls back to
+    tracks in two steps (four matrix-vector products). At each anchor the NS
+    factor is checked against the SVD's; where they differ by more than
+    ``ns_tol`` (relative Frobenius) the step count grows, up to ``ns_max_steps``. A failed anchor SVD falls back to
     NS scaled by ||M||_F (an upper bound of every singular value).
     """
 
