@@ -7,7 +7,7 @@ OUT=${1:-runs}/ddp
 COMPARE=${2:-0}
 PY=${PY:-python3}
 mkdir -p "$OUT"
-ARGS=(experiment=odn/table4 ablation=odn/brnet,odn/all data=synthetic logger=csv callbacks.progress_bar=null
+ARGS=(experiment=odn/table4 ablation=odn/brnet,odn/all data=synthetic model.pretrained=false logger=csv callbacks.progress_bar=null
       trainer.max_epochs=4 model.optimizer.lr=5e-4 "model.scheduler.milestones=[3]" data.num_workers=4)
 start=$SECONDS
 "$PY" -m flmk.train -m "${ARGS[@]}" trainer=ddp hydra.sweep.dir="$OUT/ddp" > "$OUT/ddp.log" 2>&1

@@ -7,9 +7,9 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 bench() { name=$1; shift; "$PY" -m flmk.bench "$@" hydra.run.dir="$OUT/$name" bench.out="$OUT/bench_$name.json" \
             > "$OUT/$name.log" 2>&1 || echo "bench $name failed (see $OUT/$name.log)"; }
-bench baseline model=baseline bench.compile=true bench.channels_last=true
-bench odn model=odn
-bench aodn model=aodn
+bench baseline model=baseline model.pretrained=false bench.compile=true bench.channels_last=true
+bench odn model=odn model.pretrained=false
+bench aodn model=aodn model.pretrained=false
 bench ccdn model=ccdn
 for L in 64 256 768; do bench hm1d_L$L model=hm1d model.net.length=$L bench.batch_size=10; done
 for L in 64 128 256; do bench fan2d_L$L model=fan2d model.net.length=$L bench.batch_size=10; done

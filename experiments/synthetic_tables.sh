@@ -35,7 +35,7 @@ rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one b
     n=$((n + 1))
   done
 }
-STILLS=(data=synthetic)
+STILLS=(data=synthetic model.pretrained=false)
 SHORT=(trainer.max_epochs=12 model.optimizer.lr=5e-4 "model.scheduler.milestones=[8,11]")
 SRN=(data=synthetic data.batch_size=32 trainer.max_steps=-1 trainer.max_epochs=30)
 # CCDN keeps its presets' LR steps at 8 and 20 of 30 epochs (the paper's 40 and 100 of 150): a first halving at

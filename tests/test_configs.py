@@ -21,9 +21,9 @@ CLIP_MODELS = {"hm1d_tracker", "fan2d_tracker", "srn_tracker"}
 
 # Shrink each model for a CPU step without changing which modules a row switches.
 TINY_MODEL = {
-    "baseline": ["model.crop_size=64"],
-    "odn": ["model.crop_size=64"],
-    "aodn": ["model.crop_size=64"],
+    "baseline": ["model.crop_size=64", "model.pretrained=false"],
+    "odn": ["model.crop_size=64", "model.pretrained=false"],
+    "aodn": ["model.crop_size=64", "model.pretrained=false"],
     "ccdn": ["model.crop_size=64", "model.net.channels=32", "model.net.num_stacks=2", "model.net.hg_depth=2",
              "model.net.stem_channels=[16,32]", "model.net.t_channels=32"],
     "hm1d": ["model.crop_size=64", "model.net.channels=32", "model.net.num_stacks=1"],

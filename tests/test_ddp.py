@@ -34,7 +34,7 @@ def test_ddp_evaluation_counts_every_image_once(tmp_path):
     root = tmp_path / "synthetic"
     ensure_synthetic(root, n=30, seed=5, size=96)  # 3 faces per test split: odd, so the sampler pads
     run = tmp_path / "run"
-    cfg = compose_train(["model=baseline", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    cfg = compose_train(["model=baseline", "model.crop_size=64", "model.pretrained=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                          "test=false", f"data.sources.synthetic.root={root}", *SYNTH], run)
     train(cfg)
     (run / ".hydra").mkdir()

@@ -1,4 +1,4 @@
-"""ODN: shapes, GM / DM / LM maths, switches, BRNet equivalence, eq. 3 loss terms, nuclear-norm gradient."""
+"""ODN: shapes, GM / DM / LM maths, switches, BRNet equivalence, eq. 3 loss terms and units, nuclear norm."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def params(module: nn.Module) -> int:
 
 def from_yaml(name: str, num_points: int = 68) -> tuple[nn.Module, nn.Module]:
     cfg = OmegaConf.create({"data": {"num_points": num_points}, "model": OmegaConf.load(CONF / f"{name}.yaml")})
+    cfg.model.pretrained = False  # nothing can be downloaded here
     return instantiate(cfg.model.net), instantiate(cfg.model.loss)
 
 
@@ -56,6 +57,7 @@ def test_output_shapes(odn: nn.Module, size: int) -> None:
     assert out["points"].shape == (1, 68, 2)
     assert out["occlusion_map"].shape == (1, h, h) and out["feature_energy"].shape == (1, h, h)
     assert ((out["occlusion_map"] > 0) & (out["occlusion_map"] < 1)).all()
+    torch.testing.assert_close(out["occlusion_map"], torch.sigmoid(out["occlusion_logits"]))
     assert set(odn.visual_keys) <= set(out)
 
 
@@ -91,21 +93,27 @@ def test_dm_weights_pathway_c_by_sigmoid_of_p() -> None:
     dm.pathway_c, dm.pathway_d = Const(c), Const(logits)
     clean, maps = dm(torch.zeros(2, 3, 5, 5))
     torch.testing.assert_close(maps["occlusion_map"], torch.sigmoid(logits[:, 0]))
+    torch.testing.assert_close(maps["occlusion_logits"], logits[:, 0])
     torch.testing.assert_close(clean, c * torch.sigmoid(logits))
 
 
-def test_switches_remove_parameters_and_outputs() -> None:
-    full = ODN(num_points=5, **TINY)
+@pytest.mark.parametrize("absent, x_dim", [("drop", 256), ("identity", 512)])
+def test_switches_remove_parameters_and_outputs(absent: str, x_dim: int) -> None:
+    full = ODN(num_points=5, absent=absent, **TINY)
     names = {n for n, _ in full.named_parameters()}
     assert any(n.startswith("gm.") for n in names) and any(n.startswith("branch.") for n in names)
     assert "head.M" in names and full.head.M.shape == (512, 512)
-    no_gm, no_dm, no_lm = (ODN(num_points=5, **TINY, **{k: False}) for k in ("gm", "dm", "lm"))
-    assert params(full) - params(no_gm) == params(full.gm)
-    assert params(full) - params(no_dm) == params(full.branch)
+    no_gm, no_dm, no_lm = (ODN(num_points=5, absent=absent, **TINY, **{k: False}) for k in ("gm", "dm", "lm"))
+    for one_off in (no_gm, no_dm):  # X is what LM reads: one module's C channels (drop) or Z beside it
+        assert one_off.head.M.shape == (x_dim, x_dim)
     assert params(full) - params(no_lm) == 512 * 512 and no_lm.head.M is None
     assert not any(n.startswith("branch.") for n, _ in no_dm.named_parameters())
     out = no_dm(torch.randn(2, 3, 64, 64))
     assert set(out) == {"points"} and no_dm.visual_keys == ()
+    head_change = params(full.head) - params(no_gm.head)  # a smaller X shrinks M and W_fc
+    assert params(full) - params(no_gm) == params(full.gm) + head_change
+    assert params(full) - params(no_dm) == params(full.branch) + head_change
+    assert head_change == (0 if absent == "identity" else 512 * 512 - 256 * 256 + 256 * 10)
 
 
 def test_all_modules_off_with_layer4_is_brnet() -> None:
@@ -117,8 +125,21 @@ def test_all_modules_off_with_layer4_is_brnet() -> None:
         torch.testing.assert_close(odn(x)["points"], brnet(x)["points"])
 
 
-def test_one_module_off_is_identity_on_z() -> None:
-    net = ODN(num_points=3, gm=False, lm=False, **TINY).eval()
+def test_one_module_off_feeds_only_the_other_to_lm() -> None:
+    """Table 4 "BRNet+DM+LM" / "BRNet+GM+LM": X is the pooled output of the module left on, nothing of Z beside it."""
+    x = torch.randn(2, 3, 64, 64)
+    for off in ("gm", "dm"):
+        net = ODN(num_points=3, **TINY, **{off: False}).eval()
+        with torch.no_grad():
+            z = net.trunk(x)
+            feats = net.branch(z)[0] if off == "gm" else net.gm(z)
+            torch.testing.assert_close(net(x)["points"], net.head(feats.mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="absent"):
+        ODN(num_points=3, absent="zeros", **TINY)
+
+
+def test_one_module_off_is_identity_on_z_when_asked() -> None:
+    net = ODN(num_points=3, gm=False, lm=False, absent="identity", **TINY).eval()
     net.head.fc.weight.data[:, 256:] = 0  # read only the GM half of the hybrid, i.e. Z itself
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -176,7 +197,7 @@ def test_loss_terms_hand_computed() -> None:
     outputs = {"points": torch.tensor([[[0.5, 0.5]], [[0.2, 0.1]]]),
                "occlusion_map": torch.tensor([[[0.5, 0.25]], [[1.0, 0.0]]])}
     batch = {"points": torch.tensor([[[0.4, 0.7]], [[0.2, 0.4]]]), "visible": torch.tensor([[1.0], [0.0]])}
-    loss = ODNLoss(beta=1.0, gamma=2.0, alpha=3.0, lambda_=4.0, eta=5.0)
+    loss = ODNLoss(beta=1.0, gamma=2.0, alpha=3.0, lambda_=4.0, eta=5.0, l1_on="probabilities", units="normalised")
     terms = loss(outputs, batch, _HandNet())
     want = {"points": (0.01 + 0.04 + 0.09) / 2, "nuclear_M": 7.0, "frobenius_M": 2 * 25.0,
             "conv_weights": 3 * 1.0, "fc_weights": 4 * 24.0, "occlusion_l1": 5 * (0.75 + 1.0) / 2}
@@ -184,12 +205,29 @@ def test_loss_terms_hand_computed() -> None:
     for key, value in want.items():
         assert terms[key].item() == pytest.approx(value, rel=1e-5), key
     assert terms["loss"].item() == pytest.approx(sum(want.values()), rel=1e-5)
-    visible = ODNLoss(visible_only=True)(outputs, batch, _HandNet())
+    visible = ODNLoss(visible_only=True, units="normalised")(outputs, batch, _HandNet())
     assert visible["points"].item() == pytest.approx(0.05 / 2)
+    pixels = ODNLoss(crop_size=10)(outputs, batch, _HandNet())  # crop pixels: (10 * error)^2
+    assert pixels["points"].item() == pytest.approx(100 * (0.01 + 0.04 + 0.09) / 2, rel=1e-5)
+
+
+def test_l1_acts_on_the_pre_sigmoid_map_by_default() -> None:
+    """Eq. 9: d||P||_1/dp_k = -1 where p_k < 0, so the L1 is on P before the sigmoid, not on sigmoid(P) > 0."""
+    logits = torch.tensor([[[-2.0, 0.5], [1.0, -0.25]]], requires_grad=True)
+    outputs = {"points": torch.zeros(1, 1, 2), "occlusion_logits": logits, "occlusion_map": torch.sigmoid(logits)}
+    batch = {"points": torch.zeros(1, 1, 2)}
+    terms = ODNLoss(eta=2.0)(outputs, batch, _HandNet())
+    assert terms["occlusion_l1"].item() == pytest.approx(2.0 * 3.75)
+    terms["occlusion_l1"].backward()
+    torch.testing.assert_close(logits.grad, 2.0 * torch.tensor([[[-1.0, 1.0], [1.0, -1.0]]]))
+    old = ODNLoss(eta=2.0, l1_on="probabilities")(outputs, batch, _HandNet())["occlusion_l1"]
+    assert old.item() == pytest.approx(2.0 * torch.sigmoid(logits).sum().item())
+    with pytest.raises(ValueError, match="l1_on"):
+        ODNLoss(l1_on="both")
 
 
 def test_zero_weight_or_missing_module_drops_the_term() -> None:
-    outputs = {"points": torch.zeros(1, 1, 2), "occlusion_map": torch.ones(1, 2, 2)}
+    outputs = {"points": torch.zeros(1, 1, 2), "occlusion_logits": torch.ones(1, 2, 2)}
     batch = {"points": torch.zeros(1, 1, 2)}
     assert "occlusion_l1" not in ODNLoss(eta=0.0)(outputs, batch, _HandNet())
     assert "occlusion_l1" not in ODNLoss()({"points": outputs["points"]}, batch, _HandNet())
@@ -221,3 +259,34 @@ def test_a_few_steps_lower_the_loss() -> None:
         opt.step()
         history.append(terms["points"].item())
     assert history[-1] < 0.5 * history[0]
+
+
+def regulariser_ratios(net: nn.Module, loss_cfg, units: str, batch: dict) -> tuple[dict[str, float], torch.Tensor]:
+    loss = instantiate(loss_cfg, units=units)
+    with torch.no_grad():
+        terms = loss(net(batch["image"]), batch, net)
+    return {k: (v / terms["points"]).item() for k, v in terms.items() if k not in ("points", "loss")}, terms["points"]
+
+
+def test_loss_units_set_the_regulariser_balance() -> None:
+    """Eq. 3 in crop pixels (default) vs crop-normalised units, at initialisation on a fixed batch.
+
+    The regularisers do not depend on the unit and the data term scales by S^2,
+    so every regulariser-to-data ratio in pixels is the normalised one over S^2.
+    """
+    cfg = OmegaConf.create({"data": {"num_points": 68}, "model": OmegaConf.load(CONF / "odn.yaml")})
+    cfg.model.pretrained = False
+    assert cfg.model.loss.units == "pixels" and cfg.model.loss.crop_size == cfg.model.crop_size == 224
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net).eval()
+    batch = {"image": torch.randn(2, 3, 64, 64), "points": torch.rand(2, 68, 2)}
+    pixels, data_px = regulariser_ratios(net, cfg.model.loss, "pixels", batch)
+    normalised, data_n = regulariser_ratios(net, cfg.model.loss, "normalised", batch)
+    assert set(pixels) == {"nuclear_M", "frobenius_M", "conv_weights", "fc_weights", "occlusion_l1"}
+    with torch.no_grad():
+        err = ((net(batch["image"])["points"] - batch["points"]) * 224).pow(2).sum((1, 2)).mean()
+    assert data_px.item() == pytest.approx(err.item(), rel=1e-5)  # (1/N) sum ||S_hat - S||_F^2 in crop pixels
+    for term in pixels:
+        assert pixels[term] == pytest.approx(normalised[term] / 224**2, rel=1e-4), term
+    # in pixels alpha ||W_c||^2 is a light decay beside the data term; crop-normalised it is not
+    assert pixels["conv_weights"] < 1e-4 < normalised["conv_weights"]

@@ -22,7 +22,7 @@ def sweep(tmp_path_factory, synthetic_root):
            "ablation=odn/brnet,odn/all", f"hydra.sweep.dir={out}",
            "data=synthetic", f"data.sources.synthetic.root={synthetic_root}", "data.sources.synthetic.n=24",
            "data.sources.synthetic.seed=3", "data.sources.synthetic.size=96", *TINY,
-           "model.crop_size=64", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+           "model.crop_size=64", "model.pretrained=false", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
            "trainer.limit_val_batches=1"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("cwd"), env=env, capture_output=True, text=True, timeout=600)

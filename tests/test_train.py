@@ -13,7 +13,7 @@ from conftest import compose_train
 from flmk.evaluate import evaluate
 from flmk.train import train
 
-FAST = ["model=baseline", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+FAST = ["model=baseline", "model.crop_size=64", "model.pretrained=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2"]
 
 
@@ -104,7 +104,7 @@ def test_unreadable_image_names_the_file(tmp_path, synthetic_root):
 
 @pytest.mark.slow
 def test_short_training_lowers_validation_nme(tmp_path, synthetic_root):
-    cfg = compose_train(["model=baseline", "model.crop_size=64", "trainer.max_epochs=8", "model.optimizer.lr=1e-3",
+    cfg = compose_train(["model=baseline", "model.crop_size=64", "model.pretrained=false", "trainer.max_epochs=8", "model.optimizer.lr=1e-3",
                          "augment=none", "test=false"], tmp_path / "run", synthetic_root)
     train(cfg)
     import csv
@@ -127,7 +127,7 @@ def test_wandb_logs_offline_without_an_account(tmp_path, synthetic_root, monkeyp
 
 def test_evaluate_saves_the_networks_maps(tmp_path, synthetic_root):
     """ODN's occlusion probability map (Fig. 6) over test crops, written by flmk.evaluate."""
-    cfg = compose_train(["model=odn", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+    cfg = compose_train(["model=odn", "model.crop_size=64", "model.pretrained=false", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                          "trainer.limit_val_batches=1", "test=false"], tmp_path / "run", synthetic_root)
     train(cfg)
     (tmp_path / "run" / ".hydra").mkdir()
