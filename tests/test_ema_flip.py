@@ -112,3 +112,19 @@ def test_flip_averaged_prediction_of_a_real_face_equals_its_ground_truth(stem):
     iod = (truth[0, 36] - truth[0, 45]).norm()
     assert ((wrong - truth[:1]).norm(dim=-1).mean() / iod) > 0.1
     assert not make_module(oracle).test_flip                 # off by default: one pass
+
+
+def test_srn_trains_with_its_recipe_by_default_and_any_model_can_switch_it_on():
+    from hydra import compose, initialize_config_dir
+
+    from flmk.train import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        srn = compose("train", overrides=["model=srn"])
+        generic = compose("train", overrides=["model=srn", "augment=default"])
+        odn = compose("train", overrides=["model=odn", "model.ema_decay=0.999", "model.test_flip=true"])
+        table7 = compose("train", overrides=["experiment=srn/table7", "ablation=srn/full"])
+    assert srn.model.ema_decay == 0.9999 and srn.model.test_flip and srn.augment.rotation_p == 0.5
+    assert list(srn.augment.box_jitter) == [0.046, 0.040, 0.102, 0.104] and table7.augment == srn.augment
+    assert generic.augment.rotation == 30 and "box_jitter" not in generic.augment     # the user's choice wins
+    assert odn.model.ema_decay == 0.999 and odn.model.test_flip and odn.augment.rotation == 30

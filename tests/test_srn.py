@@ -249,3 +249,13 @@ def test_load_srn_weights_from_a_lightning_style_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "b.ckpt")
     with pytest.raises(KeyError, match="lacks"):
         load_srn_weights(SRN(**TINY), tmp_path / "b.ckpt")
+
+
+def test_load_srn_weights_prefers_the_ema_weights(tmp_path):
+    torch.manual_seed(0)
+    raw, ema = SRN(**TINY).state_dict(), SRN(**TINY).state_dict()
+    state = {**{f"net.{k}": v for k, v in raw.items()}, **{f"ema.module.{k}": v for k, v in ema.items()}}
+    torch.save({"state_dict": state}, tmp_path / "ema.ckpt")
+    net = SRN(**TINY)
+    load_srn_weights(net, tmp_path / "ema.ckpt")
+    torch.testing.assert_close(net.hsrm.mu.weight, ema["hsrm.mu.weight"])    # what the run evaluated with
