@@ -80,7 +80,7 @@ def test_without_d_feeds_mu_each_components_own_f_average_pooled_per_landmark():
     expected = []
     for c in MU_ORDER:
         f = net.hsrm.f[c](torch.cat([g[k] for k in fin[c]] + [h], 1))
-        n = len(groups[c])                        # adaptive average pooling: bin j averages f[floor(j*8/n):ceil((j+1)*8/n)]
+        n = len(groups[c])  # adaptive average pooling: bin j averages f[floor(j*8/n):ceil((j+1)*8/n)]
         expected += [f[:, (j * 8) // n:-(-(j + 1) * 8 // n)].mean(1) for j in range(n)]
     torch.testing.assert_close(seen["mu_in"], torch.stack(expected, 1))
 
