@@ -69,9 +69,9 @@ def test_extract_patches_rejects_bad_shapes():
         extract_patches(torch.rand(1, 3, 8, 8), torch.rand(1, 4, 3), 4)
 
 
-def test_nonlocal_block_is_identity_at_init_and_learns():
+def test_standard_nonlocal_block_is_identity_at_init_and_learns():
     torch.manual_seed(0)
-    block = NonLocalBlock(8, 4)
+    block = NonLocalBlock(8, 4, variant="standard")
     x = torch.randn(3, 8, 5, 4)
     y = block(x)
     torch.testing.assert_close(y, x)
@@ -79,18 +79,61 @@ def test_nonlocal_block_is_identity_at_init_and_learns():
     assert block.out.weight.grad.abs().sum() > 0  # the zero-initialised W still receives gradient
 
 
-def test_nonlocal_block_matches_hand_formula_and_code_scaling():
+def test_standard_nonlocal_block_matches_hand_formula():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6)
-    for scaling in (False, True):
-        block = NonLocalBlock(4, 3, code_scaling=scaling)
-        torch.nn.init.normal_(block.out.weight)
-        th = torch.einsum("oc,bcl->blo", block.theta.weight[..., 0], x) + block.theta.bias
-        ph = torch.einsum("oc,bcl->blo", block.phi.weight[..., 0], x) + block.phi.bias
-        gg = torch.einsum("oc,bcl->blo", block.g.weight[..., 0], x) + block.g.bias
-        y = torch.softmax(th @ ph.transpose(1, 2), -1) @ gg / (24 if scaling else 1)
-        expected = torch.einsum("oc,blc->bol", block.out.weight[..., 0], y) + block.out.bias[:, None] + x
-        torch.testing.assert_close(block(x), expected)
+    block = NonLocalBlock(4, 3, variant="standard")
+    torch.nn.init.normal_(block.out.weight)
+    th = torch.einsum("oc,bcl->blo", block.theta.weight[..., 0], x) + block.theta.bias
+    ph = torch.einsum("oc,bcl->blo", block.phi.weight[..., 0], x) + block.phi.bias
+    gg = torch.einsum("oc,bcl->blo", block.g.weight[..., 0], x) + block.g.bias
+    y = torch.softmax(th @ ph.transpose(1, 2), -1) @ gg
+    expected = torch.einsum("oc,blc->bol", block.out.weight[..., 0], y) + block.out.bias[:, None] + x
+    torch.testing.assert_close(block(x), expected)
+
+
+def tf_official_block(block: NonLocalBlock, feats: torch.Tensor, batch: int, transpose_phi: bool = False):
+    """The SRN TF code's ops, transcribed on channels-last patch features (B*N, h, w, C) (models.py).
+
+    ``transpose_phi`` swaps the code's reshape of phi for the transpose a standard block uses.
+    """
+    def conv(m, t):  # slim 1x1 conv2d + ReLU on NHWC
+        return torch.relu(t @ m.weight[..., 0].T + m.bias)
+
+    num, h, w, c = feats.shape
+    ims_1 = conv(block.theta, feats).reshape(batch, -1, 64)
+    phi = conv(block.phi, feats)
+    ims_2 = phi.reshape(batch, -1, 64).transpose(1, 2) if transpose_phi else phi.reshape(batch, 64, -1)
+    ims_3 = conv(block.g, feats).reshape(batch, -1, 64)
+    ims_5 = (torch.softmax(ims_1 @ ims_2, -1) @ ims_3).reshape(num, h, w, 64) / (num * h * w * c)
+    return conv(block.out, ims_5) + feats
+
+
+def test_official_nonlocal_block_equals_the_tf_code_and_is_near_inert():
+    torch.manual_seed(0)
+    block = NonLocalBlock(64, 64, variant="official")
+    assert 0 < block.out.weight.abs().max() <= 0.02 and not block.out.bias.any()   # slim init, std 0.01
+    b, n, h, w = 2, 5, 2, 2
+    feats = torch.rand(b * n, h, w, 64)                                          # ReLU'd conv features
+    x = feats.view(b, n * h * w, 64).transpose(1, 2)   # SRN._relate's (B, C, N*h*w): patch, row, column
+    out = lambda: block(x).transpose(1, 2).reshape(b * n, h, w, 64)             # noqa: E731
+    assert (out() - feats).abs().max() < 1e-5 * feats.abs().max()              # near-inert at init
+    with torch.no_grad():  # a huge W makes y visible, to check the affinity, the reshape and the scaling
+        torch.nn.init.normal_(block.out.weight, std=1e5)
+        block.theta.weight.mul_(100)
+        block.phi.weight.mul_(100)
+    assert (out() - feats).abs().max() > 1e-2
+    torch.testing.assert_close(out(), tf_official_block(block, feats, b))
+    assert not torch.allclose(out(), tf_official_block(block, feats, b, transpose_phi=True), atol=1e-4)
+    with torch.no_grad():                                                        # R = x + ReLU(bias) in effect
+        torch.nn.init.trunc_normal_(block.out.weight, std=0.01, a=-0.02, b=0.02)
+        block.out.bias.fill_(0.3)
+    torch.testing.assert_close(block(x) - x, torch.full_like(x, 0.3), atol=1e-5, rtol=0)
+
+
+def test_nonlocal_block_rejects_an_unknown_variant():
+    with pytest.raises(ValueError, match="nl_variant"):
+        NonLocalBlock(4, 4, variant="code")
 
 
 def test_square_mask_covers_size_squared_pixels_and_stays_inside():

@@ -56,6 +56,51 @@ def test_without_mu_places_each_group_output_at_its_landmarks():
     torch.testing.assert_close(delta, expected)
 
 
+def test_without_d_keeps_the_68_wide_bottleneck_and_adds_no_parameters():
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    full, wo_d = SRN(), SRN(hsrm_without="d")
+    d_params = sum(p.numel() for p in full.hsrm.d.parameters())
+    assert count(full) - count(wo_d) == d_params                 # only d's weights go, nothing is added
+    assert wo_d.hsrm.mu.in_features == full.hsrm.mu.in_features == 68
+
+
+def test_without_d_feeds_mu_each_components_own_f_average_pooled_per_landmark():
+    torch.manual_seed(0)
+    net = SRN(hsrm_without="d", **TINY)   # f_dim 8: brow (10 points) pools 8 -> 10, cheek_right 8 -> 8
+    relation, h = torch.randn(2, 68, 8), torch.randn(2, 16)
+    seen = {}
+    net.hsrm.mu.register_forward_hook(lambda m, inp, out: seen.setdefault("mu_in", inp[0]))
+    net.hsrm(relation, h)
+    groups = srn_groups("68")
+    comp = {c: relation[:, list(groups[c])].flatten(1) for c in MU_ORDER}
+    g = {k: net.hsrm.g[k](torch.cat([comp[c] for c in cs], 1)) for k, cs in
+         {"ocular": ("brow", "eye"), "snout": ("nose", "mouth"), "cheek": ("cheek_left", "cheek_right")}.items()}
+    fin = {"brow": ("ocular", "snout"), "eye": ("ocular", "snout"), "nose": ("ocular", "snout", "cheek"),
+           "mouth": ("ocular", "snout", "cheek"), "cheek_left": ("snout", "cheek"), "cheek_right": ("snout", "cheek")}
+    expected = []
+    for c in MU_ORDER:
+        f = net.hsrm.f[c](torch.cat([g[k] for k in fin[c]] + [h], 1))
+        n = len(groups[c])  # adaptive average pooling: bin j averages f[floor(j*8/n):ceil((j+1)*8/n)]
+        expected += [f[:, (j * 8) // n:-(-(j + 1) * 8 // n)].mean(1) for j in range(n)]
+    torch.testing.assert_close(seen["mu_in"], torch.stack(expected, 1))
+
+
+@pytest.mark.parametrize("variant", ["official", "standard"])
+def test_non_local_variant_is_a_constructor_switch(variant):
+    torch.manual_seed(0)
+    net = SRN(nl_variant=variant, **TINY).eval()
+    assert net.relation.variant == variant
+    x = torch.rand(2, 68, 8, 1, 1)
+    r = net._relate(x)
+    if variant == "standard":                    # zero-initialised W: the identity at start
+        torch.testing.assert_close(r, x)
+    else:                                        # slim-initialised W, y divided by B*positions*C: near-inert
+        assert 0 < (r - x).abs().max() < 1e-5
+    assert torch.isfinite(net(torch.rand(2, 3, 32, 32))["points"]).all()
+    with pytest.raises(ValueError, match="nl_variant"):
+        SRN(nl_variant="code", **TINY)
+
+
 def test_mean_shape_is_the_initial_shape_and_validated():
     net = SRN(**TINY)
     shape = torch.rand(68, 2)
@@ -132,7 +177,7 @@ def _toy_batch(n: int = 8):
 def test_cascade_improves_over_iterations_after_toy_training():
     torch.manual_seed(0)
     image, points = _toy_batch()
-    net = SRN(noise_occlusion=False, **TINY)
+    net = SRN(noise_occlusion=False, nl_variant="standard", **TINY)  # the cascade, not the NL block, is under test
     loss_fn = SRNLoss()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(60):
@@ -204,3 +249,13 @@ def test_load_srn_weights_from_a_lightning_style_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "b.ckpt")
     with pytest.raises(KeyError, match="lacks"):
         load_srn_weights(SRN(**TINY), tmp_path / "b.ckpt")
+
+
+def test_load_srn_weights_prefers_the_ema_weights(tmp_path):
+    torch.manual_seed(0)
+    raw, ema = SRN(**TINY).state_dict(), SRN(**TINY).state_dict()
+    state = {**{f"net.{k}": v for k, v in raw.items()}, **{f"ema.module.{k}": v for k, v in ema.items()}}
+    torch.save({"state_dict": state}, tmp_path / "ema.ckpt")
+    net = SRN(**TINY)
+    load_srn_weights(net, tmp_path / "ema.ckpt")
+    torch.testing.assert_close(net.hsrm.mu.weight, ema["hsrm.mu.weight"])    # what the run evaluated with

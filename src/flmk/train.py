@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, write_results
 from flmk.ddp import job_scope
-from flmk.models.module import NonFiniteLossError
+from flmk.models.module import LandmarkModule, NonFiniteLossError
 
 log = logging.getLogger("flmk.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -38,6 +38,7 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
     """The model config's network and loss inside LandmarkModule (or the module it names)."""
     target = cfg.model.get("module_target", "flmk.models.module.LandmarkModule")
     module_cls = hydra.utils.get_class(target)
+    general = {"ema_decay": cfg.model.get("ema_decay"), "test_flip": cfg.model.get("test_flip", False)}
     return module_cls(
         net=instantiate(cfg.model.net),
         loss=instantiate(cfg.model.loss),
@@ -49,6 +50,7 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
         primary_nme=cfg.data.get("primary_nme", "nme_io"),
         test_names=list(dm.test_names),
         test_eval_layouts=dict(getattr(dm, "test_eval_layouts", {})),
+        **(general if issubclass(module_cls, LandmarkModule) else {}),
         **OmegaConf.to_container(cfg.model.get("module_kwargs") or OmegaConf.create(), resolve=True),
     )
 

@@ -2,7 +2,8 @@
 
 Geometry is one affine per sample (original pixels -> crop pixels, cv2
 convention) composed from the face box, random rotation / scale /
-translation and a horizontal flip; the image is warped once with it, the
+translation and a horizontal flip (or, with ``box_jitter``, from a jittered box around the
+rotated landmarks: SRN's recipe); the image is warped once with it, the
 points are mapped with it, and it is kept with the sample so predictions map
 back (docs/ARCHITECTURE.md, "Coordinates"). A flip also permutes point
 indices with the layout's flip map. Photometric augmentation (colour, blur,
@@ -29,8 +30,13 @@ class AugmentConfig:
     """Ranges of the geometric and photometric augmentation (conf/augment/*.yaml)."""
 
     crop_scale: float = 1.25  # crop side = crop_scale * max(box w, h)  [assume, notes §1.3]
-    rotation: float = 0.0  # degrees: uniform in ±rotation, or N(0, rotation) clipped at 2σ when gaussian
+    rotation: float = 0.0  # degrees: uniform in ±rotation, or N(0, rotation) clipped at rotation_clip σ when gaussian
     rotation_dist: str = "uniform"
+    rotation_p: float = 1.0  # probability that a training sample is rotated at all
+    rotation_clip: float | None = 2.0  # gaussian draws are clipped at this many σ; None = unclipped
+    # σ of the training crop's box around the box of the (rotated) landmarks: centre x, y (fractions of that
+    # box's width, height), log width, log height; () = crop around the record's box (SRN §6.1 below)
+    box_jitter: tuple[float, ...] = ()
     scale: tuple[float, float] = (1.0, 1.0)  # zoom range: uniform in it, or N(mid, half-width / 2) clipped to it
     scale_dist: str = "uniform"
     translation: float = 0.0  # fraction of the crop side
@@ -63,6 +69,25 @@ def crop_affine(box: np.ndarray, crop_size: int, crop_scale: float, rotation_deg
         mirror = np.array([[-1.0, 0.0, crop_size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
         m = (mirror @ np.vstack([m, [0, 0, 1]]))[:2]
     return m
+
+
+def jittered_landmark_box(points: np.ndarray, rotation_deg: float, jitter: np.ndarray) -> np.ndarray:
+    """The box to give :func:`crop_affine` (with ``rotation_deg``) so that the crop is the box of the rotated
+    landmarks moved by ``jitter`` (centre x, y in box widths/heights; log width, log height).
+
+    SRN's training geometry (code:SRN train.py, notes §6.1): the mean shape is aligned to the rotated ground
+    truth's box jittered like a detector's box. The net's initial shape is fixed in crop coordinates, aligned
+    to the crop's box, so cropping around the jittered box aligns it to that box.
+    """
+    theta = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    centre = (points.min(0) + points.max(0)) / 2
+    q = (points - centre) @ rot.T                       # rotated about the landmarks' box centre
+    lo, hi = q.min(0), q.max(0)
+    size = np.maximum(hi - lo, 1.0) * np.exp(jitter[2:])
+    mid = (lo + hi) / 2 + jitter[:2] * (hi - lo)        # the jittered box, in the rotated frame
+    c = centre + rot.T @ mid                            # crop_affine rotates about the box centre
+    return np.concatenate([c - size / 2, c + size / 2])
 
 
 def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -104,12 +129,19 @@ class FaceTransform:
         for name, dist in (("rotation_dist", c.rotation_dist), ("scale_dist", c.scale_dist)):
             if dist not in ("uniform", "gaussian"):
                 raise ValueError(f"augment.{name}={dist!r}; expected 'uniform' or 'gaussian'")
+        if len(c.box_jitter) not in (0, 4):
+            raise ValueError(f"augment.box_jitter={list(c.box_jitter)}; expected [] or 4 σ: centre x, centre y, "
+                             "log width, log height")
         if not self.train:
             return dict(rotation_deg=0.0, zoom=1.0, shift=(0.0, 0.0), flip=False)
         if c.rotation_dist == "gaussian":
-            rot = float(np.clip(rng.normal(0.0, c.rotation), -2 * c.rotation, 2 * c.rotation)) if c.rotation else 0.0
+            rot = float(rng.normal(0.0, c.rotation)) if c.rotation else 0.0
+            if c.rotation_clip is not None:
+                rot = float(np.clip(rot, -c.rotation_clip * c.rotation, c.rotation_clip * c.rotation))
         else:
             rot = float(rng.uniform(-c.rotation, c.rotation))
+        if c.rotation_p < 1.0 and rng.random() >= c.rotation_p:
+            rot = 0.0
         lo, hi = c.scale
         if c.scale_dist == "gaussian":
             zoom = float(np.clip(rng.normal((lo + hi) / 2, (hi - lo) / 4), lo, hi))
@@ -117,13 +149,19 @@ class FaceTransform:
             zoom = float(rng.uniform(lo, hi))
         shift = tuple(rng.uniform(-c.translation, c.translation, size=2) * self.crop_size)
         flip = bool(rng.random() < c.flip)
-        return dict(rotation_deg=rot, zoom=zoom, shift=shift, flip=flip)
+        params = dict(rotation_deg=rot, zoom=zoom, shift=shift, flip=flip)
+        if c.box_jitter:
+            params["box_jitter"] = rng.normal(0.0, 1.0, 4) * np.asarray(c.box_jitter)
+        return params
 
     def __call__(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, visible: np.ndarray,
                  rng: np.random.Generator, params: dict | None = None, source: np.ndarray | None = None) -> dict:
         """``params`` (from :meth:`sample_params`) share one geometry across the frames of a clip;
         ``source`` is the affine (original -> ``image`` pixels) of an image that is already a crop (the cache)."""
-        p = self.sample_params(rng) if params is None else params
+        p = dict(self.sample_params(rng) if params is None else params)
+        jitter = p.pop("box_jitter", None)
+        if jitter is not None:
+            box = jittered_landmark_box(points, p["rotation_deg"], jitter)
         m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
         warp = m if source is None else compose_affine(m, invert_affine(source))
         crop = cv2.warpAffine(image, warp, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,

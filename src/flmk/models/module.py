@@ -14,6 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from flmk.data.transforms import normalise_image
 from flmk.layouts import get_layout
@@ -47,6 +48,20 @@ def flatten_clips(batch: dict, outputs: dict) -> tuple[dict, dict]:
     return {k: flat(v) for k, v in batch.items()}, {k: flat(v) for k, v in outputs.items()}
 
 
+def ema_multi_avg_fn(decay: float) -> Callable:
+    """EMA of the weights as tf.train.ExponentialMovingAverage(decay, num_updates) (code:SRN):
+    at the t-th average the decay is min(decay, (1 + t) / (10 + t)); integer buffers are copied."""
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not ema[0].is_floating_point():
+            torch._foreach_copy_(ema, current)
+            return
+        t = float(num_averaged)
+        torch._foreach_lerp_(ema, current, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
+
+    return update
+
+
 class LandmarkModule(pl.LightningModule):
     def __init__(
         self,
@@ -61,9 +76,17 @@ class LandmarkModule(pl.LightningModule):
         test_names: list[str] | None = None,
         test_eval_layouts: dict[str, str | None] | None = None,
         mean_shape: np.ndarray | None = None,
+        ema_decay: float | None = None,
+        test_flip: bool = False,
     ):
         super().__init__()
         self.net, self.loss = net, loss
+        # model.ema_decay: val/test (and checkpoints' ema.module.*) use an EMA of the weights; null = off
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay={ema_decay}: expected a decay in (0, 1), or null for no EMA")
+        self.ema = None if ema_decay is None else AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(ema_decay),
+                                                                  use_buffers=True).requires_grad_(False)
+        self.test_flip = test_flip  # model.test_flip: average with the un-flipped prediction of the mirrored image
         # nets that use the ground truth while training (SRN's noise occlusion centred on a true landmark)
         self.net_takes_points = "points" in inspect.signature(net.forward).parameters
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -92,8 +115,9 @@ class LandmarkModule(pl.LightningModule):
 
     def set_mean_shape(self, mean_shape: np.ndarray | torch.Tensor) -> None:
         self.mean_shape.copy_(torch.as_tensor(mean_shape, dtype=torch.float32))
-        if hasattr(self.net, "set_mean_shape"):
-            self.net.set_mean_shape(self.mean_shape)
+        for net in (self.net, self.ema.module if self.ema is not None else None):
+            if hasattr(net, "set_mean_shape"):
+                net.set_mean_shape(self.mean_shape)
 
     def forward(self, image: torch.Tensor) -> dict:
         return self.net(image)
@@ -121,7 +145,22 @@ class LandmarkModule(pl.LightningModule):
         self.log("train_loss", loss.detach(), prog_bar=True, batch_size=bs, logger=False)
         return loss
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
     # -- evaluation --------------------------------------------------------------------------------
+    def predict_eval(self, image: torch.Tensor) -> dict:
+        """Validation/test outputs: the EMA weights if ``ema_decay``; with ``test_flip`` the points are the
+        mean of the prediction and the mirrored image's prediction, mapped back (x -> 1 - x, flip permutation)."""
+        net = self.net if self.ema is None else self.ema.module
+        outputs = net(image)
+        if self.test_flip:
+            mirrored = net(image.flip(-1))["points"][..., self.layout.flip_index, :]
+            unflipped = torch.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], -1)
+            outputs = {**outputs, "points": (outputs["points"] + unflipped) / 2}
+        return outputs
+
     def _update(self, metric: LandmarkMetrics, batch: dict, points: torch.Tensor) -> None:
         pred, target, visible = to_original(points, batch["affine"], self.crop_size), batch["target_orig"], batch.get("visible")
         if metric.layout.parent_indices is not None and metric.layout.parent == self.layout.name:
@@ -138,7 +177,7 @@ class LandmarkModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        batch, outputs = flatten_clips(batch, self.net(batch["image"]))
+        batch, outputs = flatten_clips(batch, self.predict_eval(batch["image"]))
         self._update(self.val_metric, batch, outputs["points"])
 
     def on_validation_epoch_end(self) -> None:
@@ -153,7 +192,7 @@ class LandmarkModule(pl.LightningModule):
         self.mean_shape_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        batch, outputs = flatten_clips(batch, self.net(batch["image"]))
+        batch, outputs = flatten_clips(batch, self.predict_eval(batch["image"]))
         self._update(self.test_metrics[dataloader_idx], batch, outputs["points"])
         if torch.isfinite(self.mean_shape).all():
             mean = self.mean_shape.expand_as(batch["points"])

@@ -24,7 +24,7 @@ from torch import nn
 
 from flmk.data.occlusion import occlude_random_landmark
 from flmk.layouts import Layout, get_layout
-from flmk.models.blocks.nonlocal_block import NonLocalBlock
+from flmk.models.blocks.nonlocal_block import NLVariant, NonLocalBlock
 from flmk.models.blocks.patches import extract_patches
 
 # --- the facial hierarchy (paper Fig. 1-2, notes §6.2 items 5-9) ---------------------------------------
@@ -173,9 +173,12 @@ class RNNCell(nn.Module):
 class HSRM(nn.Module):
     """Hierarchical structural relation module: g (3 neighbourhoods), f (6 components), d, mu (eqs. 6-7).
 
-    ``without`` removes one level (Table 7), wired as notes §7.5 recommend:
+    ``without`` removes one level (Table 7), wired as notes §7.5 recommend, never enlarging the model:
     g: each f reads the raw patch features its g branches would read (plus h);
-    f: each d reads [g..., h] of its pair's f branches; d: mu reads the six f outputs;
+    f: each d reads [g..., h] of its pair's f branches;
+    d: each component's own f output is average-pooled to one value per landmark (256 -> #points,
+    parameter-free), so mu reads the same 68-wide vector as in the full model, without d's learned,
+    pair-mixing projection (the pooling is one fixed d, so the row's model class lies inside the full one);
     mu: each d outputs 2 x #points, placed at its group's landmark indices.
     """
 
@@ -185,11 +188,12 @@ class HSRM(nn.Module):
         if without not in (None, "g", "f", "d", "mu"):
             raise ValueError(f"SRN hsrm_without: expected null, 'g', 'f', 'd' or 'mu', got {without!r}")
         self.without = without
+        self.size = {name: len(groups[name]) for name in MU_ORDER}
         for name in MU_ORDER:
             self.register_buffer(f"index_{name}", torch.tensor(groups[name], dtype=torch.long), persistent=False)
         order = torch.tensor([i for name in MU_ORDER for i in groups[name]])
         self.register_buffer("order_inverse", torch.argsort(order), persistent=False)  # concat slot of each point
-        size = {name: len(groups[name]) for name in MU_ORDER}
+        size = self.size
         num_points = sum(size.values())
         raw = {g: sum(size[c] for c in comps) * patch_dim for g, comps in G_LEVEL.items()}  # g inputs
 
@@ -210,7 +214,7 @@ class HSRM(nn.Module):
                 for c in MU_ORDER
             })
         if without != "mu":
-            self.mu = nn.Linear(num_points if without != "d" else len(MU_ORDER) * f_dim, 2 * num_points)
+            self.mu = nn.Linear(num_points, 2 * num_points)
 
     @staticmethod
     def _pair(c: str) -> tuple[str, str]:
@@ -230,8 +234,9 @@ class HSRM(nn.Module):
             d_in = {c: torch.cat([g[k] for k in self._pair_g(c)] + [h], 1) for c in MU_ORDER}
         else:
             f = {c: self.f[c](torch.cat([g[k] for k in gs] + [h], 1)) for c, gs in F_LEVEL.items()}
-            if self.without == "d":
-                return self.mu(torch.cat([f[c] for c in MU_ORDER], 1)).unflatten(1, (-1, 2))
+            if self.without == "d":  # fixed reduction of each component's own f to its #points
+                pooled = [nn.functional.adaptive_avg_pool1d(f[c][:, None], self.size[c])[:, 0] for c in MU_ORDER]
+                return self.mu(torch.cat(pooled, 1)).unflatten(1, (-1, 2))
             d_in = {c: torch.cat([f[k] for k in self._pair(c)], 1) for c in MU_ORDER}
         d = torch.cat([self.d[c](d_in[c]) for c in MU_ORDER], 1)               # groups in MU_ORDER
         if self.without == "mu":
@@ -278,7 +283,7 @@ class SRN(nn.Module):
         conv_init_std: float | None = 0.01,
         non_local: bool = True,
         nl_inter_channels: int = 64,
-        nl_code_scaling: bool = False,
+        nl_variant: NLVariant = "official",
         rnn_hidden: int = 512,
         g_dim: int = 512,
         f_dim: int = 256,
@@ -303,7 +308,7 @@ class SRN(nn.Module):
         self.register_buffer("mean_shape", default_mean_shape(self.layout))
         self.encoder = PatchEncoder(patch_size, tuple(conv_channels), tuple(conv_kernels), conv_init_std)
         channels = self.encoder.out_shape[0]
-        self.relation = NonLocalBlock(channels, nl_inter_channels, nl_code_scaling) if non_local else None
+        self.relation = NonLocalBlock(channels, nl_inter_channels, nl_variant) if non_local else None
         self.rnn = RNNCell(num_points * self.encoder.out_dim, rnn_hidden)
         self.hsrm = HSRM(srn_groups(self.layout), self.encoder.out_dim, rnn_hidden, g_dim, f_dim, hsrm_without)
         self.hourglass = HourglassInit(num_points, hourglass_channels, hourglass_depth) if init == "hourglass" else None
@@ -421,14 +426,20 @@ class SRNTracker(SRN):
 
 
 def load_srn_weights(net: nn.Module, path: str | Path) -> None:
-    """Load an SRN state dict from a LandmarkModule checkpoint (``net.`` prefix) or a bare state dict."""
+    """Load an SRN state dict from a LandmarkModule checkpoint or a bare state dict.
+
+    A checkpoint trained with ``model.ema_decay`` gives its EMA weights (``ema.module.``), the ones its
+    evaluation used; otherwise the raw weights (``net.``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SRN checkpoint not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
-    if any(k.startswith("net.") for k in state):
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    for prefix in ("ema.module.", "net."):
+        if any(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            break
     own = {k for k in net.state_dict() if not k.startswith("hofs_policy.")}
     missing = own - state.keys()
     if missing:
