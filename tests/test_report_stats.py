@@ -32,6 +32,7 @@ def make_run(folder: Path, row: str, seed: int, errors: np.ndarray, schedule: di
 
 
 def toy_sweep(root: Path, rows: dict[str, list[np.ndarray]], paper: dict = PAPER) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     (root / "paper.yaml").write_text(yaml.safe_dump(paper, sort_keys=False))
     n = 0
     for row, runs in rows.items():
@@ -109,6 +110,8 @@ def test_runs_stopped_by_the_wall_clock_are_never_compared(sweep: Path, tmp_path
 def test_a_table_with_one_seed_per_row_still_gets_image_intervals(tmp_path: Path):
     base = errors(0)
     sweep = toy_sweep(tmp_path, {"toy/base": [base], "toy/best": [base - 0.002]})
+    for npz in sweep.glob("**/errors_*.npz"):  # runs from before the .npz: the primary NME's .npy serves
+        npz.unlink()
     report(sweep, tmp_path / "paper.yaml")
     rows = read_csv(sweep / "report.csv")
     assert rows["toy/base"]["std"] == "" and rows["toy/base"]["ci_low"] != ""
@@ -116,9 +119,14 @@ def test_a_table_with_one_seed_per_row_still_gets_image_intervals(tmp_path: Path
 
 
 def test_rows_tested_on_different_images_are_refused(tmp_path: Path):
-    sweep = toy_sweep(tmp_path, {"toy/base": [errors(0)], "toy/mid": [errors(1, 150)]})
+    sweep = toy_sweep(tmp_path / "a", {"toy/base": [errors(0)], "toy/mid": [errors(1, 150)]})
     with pytest.raises(ValueError, match="toy/mid.*different images"):
-        report(sweep, tmp_path / "paper.yaml")
+        report(sweep, tmp_path / "a" / "paper.yaml")
+    sweep = toy_sweep(tmp_path / "b", {"toy/base": [errors(0)], "toy/mid": [errors(1)]})
+    with np.load(sweep / "1_toy" / "mid" / "errors_challenging.npz") as saved:
+        np.savez(sweep / "1_toy" / "mid" / "errors_challenging.npz", **(dict(saved) | {"ids": saved["ids"] + 1}))
+    with pytest.raises(ValueError, match="toy/mid.*different images"):  # as many images, but other ones
+        report(sweep, tmp_path / "b" / "paper.yaml")
 
 
 def test_a_reference_that_is_not_a_row_is_named(tmp_path: Path):

@@ -142,6 +142,7 @@ class Cell:
     values: list[float] = field(default_factory=list)
     label: str = ""
     scores: np.ndarray | None = None  # (n, N) per-image scores of the finished runs, or None
+    ids: np.ndarray | None = None  # the N test images' ids, where the runs saved them
     draws: np.ndarray | None = None  # (N_BOOT,) bootstrap draws of the row mean, scaled
     delta: float | None = None
     p: float | None = None
@@ -182,15 +183,15 @@ def build_cells(jobs_by_row: dict[str, list[Job]], paper: dict, column: str, spl
             ids.append(None if found is None else found[1])
         if scores and all(s is not None for s in scores):
             check_same_images(row, scores, ids, cells)
-            cell.scores = np.stack(scores)
+            cell.scores, cell.ids = np.stack(scores), next((i for i in ids if i is not None), None)
         cells.append(cell)
     return cells
 
 
-def check_same_images(row: str, scores: list, ids: list, earlier: list[Cell]) -> None:
+def check_same_images(row: str, scores: list[np.ndarray], ids: list, earlier: list[Cell]) -> None:
     """Paired tests need every run of every row on the same test images, in the same order."""
     n_images = {len(s) for s in scores} | {c.scores.shape[1] for c in earlier if c.scores is not None}
-    known = [i for i in ids if i is not None]
+    known = [i for i in ids + [c.ids for c in earlier] if i is not None]
     if len(n_images) > 1 or any(not np.array_equal(i, known[0]) for i in known):
         raise ValueError(f"row {row}: its runs (or other rows) were tested on different images "
                          f"({sorted(n_images)} per-image errors): the rows of a table must share one test set")
