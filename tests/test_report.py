@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from pytorch_lightning import Trainer
@@ -48,6 +49,9 @@ def test_multirun_writes_one_folder_per_row_and_seed(sweep):
     assert len(runs) == 4  # each run its own folder
     for _, _, schedule in runs.values():  # the table's schedule, not a wall-clock budget, ended every run
         assert schedule["epochs"] == schedule["max_epochs"] == 1 and schedule["finished"]
+    with np.load(sweep / "0_odn" / "brnet" / "errors_occluded.npz") as saved:  # what rows are paired on
+        assert {"ids", "nme_io", "nme_ip"} <= set(saved) and np.array_equal(
+            saved["nme_io"], np.load(sweep / "0_odn" / "brnet" / "errors_occluded.npy"))
 
 
 @pytest.mark.slow  # four CPU trainings: about a minute

@@ -217,7 +217,11 @@ def bootstrap(cells: list[Cell], reference: str | None, scale: float, rng: np.ra
 
 
 def compare_pairs(cells: list[Cell]) -> list[dict]:
-    """Every pair of rows with both numbers: our difference's verdict against the paper's sign."""
+    """Every pair of rows with both numbers, judged against the paper's sign of their difference.
+
+    agree: our difference is significant and has the paper's sign; tie: ours is not significant; disagree: ours
+    is significant and has the other sign (or the paper prints both rows equal); untested: no draws for a row.
+    """
     rows = [c for c in cells if c.paper is not None and c.values]
     pairs = []
     for i, a in enumerate(rows):
@@ -297,6 +301,8 @@ def build_report(sweep: Path, jobs: list[Job], paper: dict) -> dict:
                 "folders": " ".join(j.folder.relative_to(sweep).as_posix() for j in done),
             })
     summary["all"] = agreement(pairs)
+    if len(paper["columns"]) > 1 and pairs:
+        summary["all"]["line"] += f" (each pair counted in each of the {len(paper['columns'])} columns)"
     runs = [{"row": j.row, "seed": j.seed, "status": j.status, "folder": j.folder.relative_to(sweep).as_posix(),
              **{k: (j.meta.get("schedule") or {}).get(k) for k in ("epochs", "max_epochs", "steps", "max_steps")}}
             for name in names for j in jobs_by_row[name]]
