@@ -47,7 +47,8 @@ def training_schedule(trainer) -> dict:
 
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
-    stopped_by = "interrupted" if trainer.interrupted else ("max_time" if remaining is not None and remaining <= 0 else None)
+    capped = remaining is not None and remaining <= 0
+    stopped_by = "interrupted" if trainer.interrupted else ("max_time" if capped else None)
     max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
     return {
         "epochs": trainer.current_epoch,  # an epoch cut short by the cap counts as reached

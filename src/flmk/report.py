@@ -246,7 +246,8 @@ def agreement(pairs: list[dict], cells: list[Cell] | None = None) -> dict:
     counts = {v: sum(p["verdict"] == v for p in pairs) for v in ("agree", "tie", "disagree", "untested")}
     m = len(pairs)
     if m:
-        line = f"{counts['agree']} of {m} row pairs agree with the paper, {counts['tie']} ties, {counts['disagree']} disagree"
+        line = (f"{counts['agree']} of {m} row pairs agree with the paper, {counts['tie']} ties, "
+                f"{counts['disagree']} disagree")
         if counts["untested"]:
             line += f", {counts['untested']} untested (one seed and no per-image errors)"
     else:
@@ -366,7 +367,8 @@ def write_csv(path: Path, lines: list[dict]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in line.items()} for line in lines)
+        cell = lambda v: "" if v is None else (float(f"{v:.6g}") if isinstance(v, float) else v)  # noqa: E731
+        writer.writerows({k: cell(v) for k, v in line.items()} for line in lines)
 
 
 def plot_rows(path: Path, jobs: list[Job], paper: dict) -> Path | None:
