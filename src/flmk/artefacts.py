@@ -1,4 +1,5 @@
-"""What every run leaves behind: metrics.json, errors_<split>.npy, ced_<split>.png, and a console table."""
+"""What every run leaves behind: metrics.json (with the schedule it reached), errors_<split>.npy/.npz, ced_<split>.png,
+and a console table."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pytorch_lightning.callbacks import Timer
 from rich.console import Console
 from rich.table import Table
 
@@ -43,8 +45,6 @@ def training_schedule(trainer) -> dict:
     step schedules, ``max_steps``) makes ``finished`` false: flmk.report lists such a run as "stopped early"
     and never compares it with finished ones. Read it right after ``fit`` (``test`` resets the trainer state).
     """
-    from pytorch_lightning.callbacks import Timer
-
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
     capped = remaining is not None and remaining <= 0
