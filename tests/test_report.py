@@ -60,10 +60,11 @@ def test_report_gives_mean_std_over_seeds_and_the_agreement_line(sweep):
     assert "7.21" in md and "6.67" in md  # the paper's BRNet and full-ODN numbers
     assert "Synthetic data" in md and "stands in for challenging" in md
     rows = {r["row"]: r for r in csv.DictReader((sweep / "report.csv").open())}
+    full = {r["row"]: r for r in json.loads((sweep / "report.json").read_text())["rows"]}  # unrounded
     for name in ("odn/brnet", "odn/all"):
         r = rows[name]
         assert r["status"] == "done" and r["n_seeds"] == "2" and r["seeds"] == "42 43"
-        assert f"| {name} | {float(r['mean']):.2f} ± {float(r['std']):.2f} | 2 |" in md
+        assert f"| {name} | {full[name]['mean']:.2f} ± {full[name]['std']:.2f} | 2 |" in md
         assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
     assert rows["odn/brnet"]["delta_vs_ref"] == "0.0" and 0 < float(rows["odn/all"]["p_vs_ref"]) <= 1
     assert sum(r["status"] == "missing" for r in rows.values()) == 4  # 6 paper rows, 2 run

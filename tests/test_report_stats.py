@@ -72,7 +72,7 @@ def test_report_gives_spread_interval_and_paired_test_per_row(sweep: Path, tmp_p
     mid = rows["toy/mid"]
     assert float(mid["delta_vs_ref"]) == pytest.approx(-0.55, abs=0.1) and float(mid["p_vs_ref"]) < 0.01
     assert mid["significant"] == "True" and mid["folders"] == "2_toy/mid 3_toy/mid"  # relative to the sweep
-    assert f"{float(base['mean']):.2f} ± {float(base['std']):.2f}" in md
+    assert f"| toy/base | {np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} | 2 |" in md
     assert "| toy/base |" in md and "ref" in md and "/tmp" not in md
 
 
