@@ -1,5 +1,6 @@
-"""Training history of a sweep folder, for a synthetic report's RUN.md: one row per job with the epochs it
-reached, its validation NME (primary, in %) after each epoch, and its peak GPU memory.
+"""Training history of a sweep folder, for a synthetic report's RUN.md: one row per job (row and seed) with the
+epochs it reached (of its schedule, and whether a wall-clock cap stopped it early), its validation NME (primary,
+in %) after each epoch, and its peak GPU memory.
 
     python experiments/run_history.py <sweep folder>   # prints a Markdown table
 """
@@ -25,13 +26,23 @@ def history(job: Job) -> tuple[str, int, list[float], float | None]:
     return job.row or job.folder.name, epochs, [nmes[e] for e in sorted(nmes)], job.meta.get("peak_gpu_mem_GiB")
 
 
+def reached(job: Job, epochs: int) -> str:
+    """Epochs reached, against the schedule when metrics.json records it (flmk.train's meta.schedule)."""
+    schedule = job.meta.get("schedule")
+    if not schedule:
+        return str(epochs)
+    of = f" ({schedule['steps']} of {schedule['max_steps']} steps)" if schedule.get("max_steps") else \
+        f" of {schedule['max_epochs']}"
+    return f"{epochs}{of}" + ("" if job.status == "done" else " (stopped early)")
+
+
 def main(sweep: str) -> None:
-    print("| row | epochs reached | validation NME (primary, %) per epoch | peak GPU memory (GiB) |")
-    print("|---|---|---|---|")
+    print("| row | seed | epochs reached | validation NME (primary, %) per epoch | peak GPU memory (GiB) |")
+    print("|---|---|---|---|---|")
     for job in load_jobs(Path(sweep)):
         row, epochs, nmes, peak = history(job)
         curve = " ".join(f"{v:.1f}" for v in nmes)
-        print(f"| {row} | {epochs} | {curve} | {'–' if peak is None else f'{peak:.2f}'} |")
+        print(f"| {row} | {job.seed} | {reached(job, epochs)} | {curve} | {'–' if peak is None else f'{peak:.2f}'} |")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ run_history = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_history)
 
 
-def make_job(folder: Path, row: str, peak: float | None) -> None:
+def make_job(folder: Path, row: str, peak: float | None, schedule: dict | None = None) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"ablation": row}}}}))
-    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"primary_nme": "nme_ip"}}))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"primary_nme": "nme_ip"}, "seed": 7}))
     (folder / "csv").mkdir()
     (folder / "csv" / "metrics.csv").write_text(
         "epoch,step,train/loss,val/nme_ip,val/nme_io,test/full/nme_ip\n"
@@ -29,8 +29,8 @@ def make_job(folder: Path, row: str, peak: float | None) -> None:
         "3,131,,,,0.1\n"  # the test row carries the epoch after the last
     )
     if peak is not None:
-        (folder / "metrics.json").write_text(
-            json.dumps({"meta": {"primary_nme": "nme_ip", "peak_gpu_mem_GiB": peak}, "splits": {}}))
+        meta = {"primary_nme": "nme_ip", "peak_gpu_mem_GiB": peak, "seed": 3} | ({"schedule": schedule} if schedule else {})
+        (folder / "metrics.json").write_text(json.dumps({"meta": meta, "splits": {}}))
 
 
 def test_history_reads_epochs_primary_nme_and_peak_memory(tmp_path: Path) -> None:
@@ -42,6 +42,9 @@ def test_history_reads_epochs_primary_nme_and_peak_memory(tmp_path: Path) -> Non
 def test_main_prints_one_markdown_row_per_job(tmp_path: Path, capsys) -> None:
     make_job(tmp_path / "a" / "0", "ccdn/t7_p1", None)
     make_job(tmp_path / "b" / "0", "ccdn/t7_p2", 1.5)
+    capped = {"epochs": 3, "max_epochs": 12, "steps": 131, "max_steps": None, "stopped_by": "max_time", "finished": False}
+    make_job(tmp_path / "c" / "0", "ccdn/t7_p3", 1.5, capped)
     run_history.main(str(tmp_path))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2:] == ["| ccdn/t7_p1 | 3 | 25.0 12.5 | – |", "| ccdn/t7_p2 | 3 | 25.0 12.5 | 1.50 |"]
+    assert lines[2:] == ["| ccdn/t7_p1 | 7 | 3 | 25.0 12.5 | – |", "| ccdn/t7_p2 | 3 | 3 | 25.0 12.5 | 1.50 |",
+                         "| ccdn/t7_p3 | 3 | 3 of 12 (stopped early) | 25.0 12.5 | 1.50 |"]

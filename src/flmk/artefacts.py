@@ -1,4 +1,5 @@
-"""What every run leaves behind: metrics.json, errors_<split>.npy, ced_<split>.png, and a console table."""
+"""What every run leaves behind: metrics.json (with the schedule it reached), errors_<split>.npy/.npz, ced_<split>.png,
+and a console table."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pytorch_lightning.callbacks import Timer
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +27,8 @@ def write_results(out_dir: Path, results: dict[str, dict], meta: dict) -> Path:
         primary = meta.get("primary_nme", "nme_io")
         errors = np.asarray(per_image.get(primary, next(iter(per_image.values()))), dtype=np.float64)
         np.save(out_dir / f"errors_{split}.npy", errors)
+        # every normaliser's per-image NME (+ image ids): flmk.report tests a table's metric on the same images
+        np.savez(out_dir / f"errors_{split}.npz", **{k: np.asarray(v) for k, v in per_image.items()})
         plot_ced({f"{meta.get('model', 'model')} ({split})": errors}, t=0.10, path=out_dir / f"ced_{split}.png",
                  title=f"CED, {meta.get('data', '')} {split} ({primary})")
         payload["splits"][split] = dict(entry["metrics"])
@@ -32,6 +36,28 @@ def write_results(out_dir: Path, results: dict[str, dict], meta: dict) -> Path:
             payload["splits"][split]["mean_shape"] = entry["mean_shape"]
     text = json.dumps(payload, indent=2, sort_keys=True)
     return write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+
+
+def training_schedule(trainer) -> dict:
+    """How far a run trained against its schedule (metrics.json's ``meta.schedule``).
+
+    A wall-clock cap (``trainer.max_time``) or an interrupt that ends training before ``max_epochs`` (or, for
+    step schedules, ``max_steps``) makes ``finished`` false: flmk.report lists such a run as "stopped early"
+    and never compares it with finished ones. Read it right after ``fit`` (``test`` resets the trainer state).
+    """
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    capped = remaining is not None and remaining <= 0
+    stopped_by = "interrupted" if trainer.interrupted else ("max_time" if capped else None)
+    max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    return {
+        "epochs": trainer.current_epoch,  # an epoch cut short by the cap counts as reached
+        "max_epochs": trainer.max_epochs,
+        "steps": trainer.global_step,
+        "max_steps": max_steps,
+        "stopped_by": stopped_by,
+        "finished": stopped_by is None or (max_steps is not None and trainer.global_step >= max_steps),
+    }
 
 
 def print_results(results: dict[str, dict], title: str, out_dir: Path | None = None) -> None:

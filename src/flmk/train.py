@@ -16,12 +16,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from flmk.artefacts import print_results, write_results
+from flmk.artefacts import print_results, training_schedule, write_results
 from flmk.ddp import job_scope
 from flmk.models.module import LandmarkModule, NonFiniteLossError
 
 log = logging.getLogger("flmk.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def seed_list(first: int, n: int) -> str:
+    """The seeds axis of a multirun (conf/train.yaml): ``seeds=3`` -> "42,43,44" from ``seed=42``."""
+    if int(n) < 1:
+        raise ValueError(f"seeds={n}: expected a positive number of seeds per row")
+    return ",".join(str(int(first) + i) for i in range(int(n)))
+
+
+OmegaConf.register_new_resolver("seed_list", seed_list, replace=True)
 
 
 def runtime_choice(group: str) -> str | None:
@@ -120,13 +130,14 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             (out_dir / "FAILED.txt").write_text(str(e) + "\n")
         raise SystemExit(f"flmk: {e}") from None
+    schedule = training_schedule(trainer)
     if not cfg.get("test", True):
         return {}
     ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
     trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     results = getattr(module, "test_results", {})
     if trainer.is_global_zero and results:
-        write_results(out_dir, results, run_meta(cfg, out_dir))
+        write_results(out_dir, results, run_meta(cfg, out_dir) | {"schedule": schedule})
         print_results(results, title=f"{cfg.model.name} on {cfg.data.name}" + (f" [{cfg.row}]" if cfg.row else ""),
                       out_dir=out_dir)
         log_test_media(loggers, out_dir, module, dm)
