@@ -186,7 +186,8 @@ class Interruptible(Callback):
     def __init__(self) -> None:
         self._previous = None
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Installed after Lightning's own handlers (it restores its snapshot of them at teardown)."""
         if threading.current_thread() is not threading.main_thread():
             return
 
