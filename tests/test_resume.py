@@ -156,3 +156,36 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, synthetic_r
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(uninterrupted, run)
     assert not list(run.parent.glob("outputs"))  # nothing written to a new timestamped folder
+
+
+_WRITER = """
+import sys, time
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from flmk.runstate import AtomicCheckpointIO
+io = AtomicCheckpointIO() if sys.argv[2] == "atomic" else TorchCheckpointIO()
+io.save_checkpoint({"epoch": 1}, sys.argv[1])
+def half_then_hang(self, checkpoint, path, storage_options=None):  # a writer killed half-way through the file
+    open(path, "wb").write(b"PK half a checkpoint")
+    print("writing", flush=True)
+    time.sleep(600)
+TorchCheckpointIO.save_checkpoint = half_then_hang
+io.save_checkpoint({"epoch": 2}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["atomic", "plain"])
+def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint(tmp_path, kind):
+    """AtomicCheckpointIO (conf/trainer): the file is the old checkpoint or the new one, never half of one;
+    Lightning's plain writer (the contrast) leaves the broken half."""
+    path = tmp_path / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), kind], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing", proc.stderr.read()[-2000:]
+    proc.kill()
+    proc.wait()
+    if kind == "atomic":
+        assert torch.load(path, weights_only=True) == {"epoch": 1}
+    else:
+        assert path.read_bytes() == b"PK half a checkpoint"
