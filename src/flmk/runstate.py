@@ -119,7 +119,9 @@ def continue_csv_logs(loggers: list, ckpt_path: str | None) -> None:
         with open(old, newline="") as f:
             rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
         kept = [r for r in rows if int(float(r.get("step", 0))) <= step]
-        lg.experiment.metrics[:0] = kept  # the writer (which removed the file) writes them back first
+        writer = lg.experiment  # creating it removes the file; it writes the kept rows back first
+        if isinstance(getattr(writer, "metrics", None), list):  # rank zero (other ranks get a dummy)
+            writer.metrics[:0] = kept
 
 
 # -- callbacks --------------------------------------------------------------------------------------
