@@ -38,7 +38,6 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from flmk.data.images import write_atomic
-from flmk.data.sampling import find_epoch_sampler
 
 INTERRUPTED = "INTERRUPTED.txt"
 
@@ -146,9 +145,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ExactResume(Callback):
-    """Checkpoints carry the RNG states (restored when training restarts); loggers are flushed at every save;
-    the training sampler learns the epoch also inside Lightning's DDP wrapper. [assume] Under DDP the
-    states of rank 0 are saved and restored on every rank."""
+    """Checkpoints carry the RNG states (restored when training restarts); loggers are flushed at every save.
+    [assume] Under DDP the states of rank 0 are saved and restored on every rank."""
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
@@ -163,11 +161,6 @@ class ExactResume(Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = find_epoch_sampler(trainer.train_dataloader)
-        if sampler is not None:
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for lg in trainer.loggers:  # the log on disk reaches at least the checkpoint's step

@@ -32,7 +32,8 @@ def sample_rng(key: int | SampleKey) -> np.random.Generator:
 
 
 class EpochSampler(Sampler[SampleKey]):
-    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``; Lightning calls :meth:`set_epoch`."""
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``; Lightning calls :meth:`set_epoch` at each
+    epoch start (under DDP through its DistributedSamplerWrapper, which shards the order)."""
 
     def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0):
         self.n, self.seed, self.epoch, self._skip = int(n), int(seed), int(epoch), int(skip)
@@ -55,16 +56,6 @@ class EpochSampler(Sampler[SampleKey]):
 
     def __len__(self) -> int:
         return self.n
-
-
-def find_epoch_sampler(loader) -> EpochSampler | None:
-    """The EpochSampler behind a DataLoader, also inside Lightning's DistributedSamplerWrapper."""
-    for s in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        inner = getattr(getattr(s, "dataset", None), "_sampler", None)  # DistributedSamplerWrapper
-        for candidate in (s, inner):
-            if isinstance(candidate, EpochSampler):
-                return candidate
-    return None
 
 
 def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
