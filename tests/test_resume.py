@@ -189,3 +189,27 @@ def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint(tmp_path, kin
         assert torch.load(path, weights_only=True) == {"epoch": 1}
     else:
         assert path.read_bytes() == b"PK half a checkpoint"
+
+
+def test_resume_argument_points_hydra_at_the_run_folder(tmp_path):
+    from flmk.runstate import resume_argv
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("logger:\n  wandb: {project: flmk}\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "wandb" / "offline-run-20261130_170000-ab12cd34").mkdir(parents=True)
+    (run / "wandb" / "latest-run").symlink_to("offline-run-20261130_170000-ab12cd34")
+    argv = resume_argv(["train.py", f"resume={run}", "trainer.max_epochs=9"])
+    assert argv == ["train.py", f"--config-path={run / '.hydra'}", "--config-name=config", f"hydra.run.dir={run}",
+                    "hydra.output_subdir=null", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                    "++logger.wandb.id=ab12cd34", "++logger.wandb.resume=allow", "trainer.max_epochs=9"]
+    by_file = resume_argv(["train.py", f"resume={run / 'checkpoints' / 'last.ckpt'}"])
+    assert by_file[:6] == argv[:6]
+    assert resume_argv(["train.py", "model=odn"]) == ["train.py", "model=odn"]  # no resume=: untouched
+    with pytest.raises(SystemExit, match="no such run folder"):
+        resume_argv(["train.py", f"resume={tmp_path / 'elsewhere'}"])
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(SystemExit, match="stopped before its first save"):
+        resume_argv(["train.py", f"resume={run}"])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from flmk.data.images import write_atomic
 from flmk.plots import plot_ced
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -121,7 +122,8 @@ def write_markdown(path: Path, rows: list[dict], paper: dict, jobs: list[Job]) -
     missing = [r["row"] for r in rows if r["status"] != "done"]
     if missing:
         lines += ["", f"Missing or unfinished rows: {', '.join(missing)}."]
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
