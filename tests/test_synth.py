@@ -162,13 +162,43 @@ def test_ensure_synthetic_generates_once_and_survives_concurrent_callers(tmp_pat
         t.join()
     assert not errors and results == [root] * 3
     assert len(list((root / "train").glob("*.pts"))) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # temporary folders are gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]  # no temp
     stamp = (root / "README.txt").stat().st_mtime_ns
-    ensure_synthetic(root, n=2, seed=1, size=64)
+    assert ensure_synthetic(root, n=2, seed=1, size=64) == root
     assert (root / "README.txt").stat().st_mtime_ns == stamp               # same parameters: left alone
-    ensure_synthetic(root, n=3, seed=1, size=64)
-    assert len(list((root / "train").glob("*.pts"))) == 3                  # new parameters: replaced
-    assert '"n": 3' in (root / "README.txt").read_text()
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_other_parameters_go_to_their_own_folder_and_never_touch_the_first(tmp_path):
+    """Once, a second size deleted and replaced the set a running training was reading."""
+    root = tmp_path / "synthetic"
+    ensure_synthetic(root, n=2, seed=1, size=64)
+    before = _snapshot(root)
+    other = ensure_synthetic(root, n=3, seed=1, size=64)
+    assert other != root and other.parent == root.parent and other.name.startswith("synthetic-")
+    assert len(list((other / "train").glob("*.pts"))) == 3 and '"n": 3' in (other / "README.txt").read_text()
+    assert _snapshot(root) == before                                       # same bytes, same mtimes
+    assert ensure_synthetic(root, n=3, seed=1, size=64) == other           # found again, not rebuilt
+    assert ensure_synthetic(root, n=2, seed=1, size=64) == root
+
+
+@pytest.mark.slow
+def test_two_processes_building_the_same_set_at_once_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "synthetic"
+    code = f"from flmk.data.synth import ensure_synthetic; print(ensure_synthetic({str(root)!r}, n=20, seed=2, size=64))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert [o[0].strip() for o in outs] == [str(root)] * 2
+    reference = generate(tmp_path / "reference", n=20, seed=2, size=64)
+    assert {k: v[0] for k, v in _snapshot(root).items()} == {k: v[0] for k, v in _snapshot(reference).items()}
 
 
 # ---- occluders ----------------------------------------------------------------------------------------------

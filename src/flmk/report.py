@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 from scipy.stats import kendalltau
 
+from flmk.data.images import write_atomic
 from flmk.plots import plot_ced
 from flmk.stats import ALPHA, N_BOOT, image_draws, interval, p_value, per_image_score, seed_draws
 
@@ -394,9 +395,10 @@ def report(sweep: Path, paper_path: Path | None = None) -> Path:
         raise FileNotFoundError(f"{sweep}: no run folders (no */.hydra/config.yaml below it)")
     paper = paper_file(next((j.table for j in jobs if j.table), None), paper_path)
     rep = build_report(sweep, jobs, paper)
-    (sweep / "report.md").write_text(markdown(rep))
-    write_csv(sweep / "report.csv", rep["rows"])
-    (sweep / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    text, payload = markdown(rep), json.dumps(rep, indent=2) + "\n"
+    write_atomic(sweep / "report.md", lambda tmp: tmp.write_text(text))
+    write_atomic(sweep / "report.csv", lambda tmp: write_csv(tmp, rep["rows"]))
+    write_atomic(sweep / "report.json", lambda tmp: tmp.write_text(payload))
     plot_rows(sweep / "ced.png", jobs, paper)
     return sweep / "report.md"
 

@@ -7,6 +7,7 @@ paper's table (`python -m flmk.train -m experiment=<paper>/<table>`).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from flmk.artefacts import print_results, training_schedule, write_results
 from flmk.ddp import job_scope
 from flmk.models.module import LandmarkModule, NonFiniteLossError
+from flmk.runstate import SIGTERMException, continue_csv_logs, interrupted_exit, record_resume, resume_argv
 
 log = logging.getLogger("flmk.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -111,6 +113,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     with open_dict(cfg):
         cfg.row = runtime_choice("ablation") or cfg.get("row")
+    record_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.prepare_data()
@@ -119,6 +122,7 @@ def train(cfg: DictConfig) -> dict:
     if hasattr(module, "set_mean_shape"):
         module.set_mean_shape(dm.mean_shape())
     loggers = build_loggers(cfg)
+    continue_csv_logs(loggers, cfg.get("ckpt_path"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg),
@@ -130,6 +134,8 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             (out_dir / "FAILED.txt").write_text(str(e) + "\n")
         raise SystemExit(f"flmk: {e}") from None
+    except SIGTERMException:  # Ctrl-C or SIGTERM: flmk.runstate.Interruptible saved last.ckpt
+        raise interrupted_exit(out_dir) from None
     schedule = training_schedule(trainer)
     if not cfg.get("test", True):
         return {}
@@ -154,4 +160,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)  # resume=<run>: the run's own folder, config and last.ckpt
     main()

@@ -7,19 +7,29 @@ boxes, points), so any change builds a new store::
 
     crops.npy     (M, S, S, 3) uint8 RGB
     affines.npy   (M, 2, 3) float64, original pixels -> cache-crop pixels
-    meta.json     settings, record count; written last, so its presence means complete
+    meta.json     settings, record count
+
+A store is built by one process at a time (a file lock per key) in a temporary
+folder and published with one rename; a published store never changes, so
+readers that memory-map it (other runs, DDP ranks, loader workers) are safe,
+and runs that ask for the same store at once all get the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from flmk.data.images import read_rgb, write_atomic
+from filelock import FileLock
+
+from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
 from flmk.data.transforms import crop_affine
 
@@ -61,14 +71,29 @@ class CropCache:
         return h.hexdigest()[:16]
 
     def get(self, records: list[FaceRecord]) -> tuple[np.ndarray, np.ndarray]:
-        folder = self.cache_dir / self.key(records)
-        self.last_built = not (folder / "meta.json").exists()
-        if self.last_built:
-            self._build(records, folder)
+        key = self.key(records)
+        folder = self.cache_dir / key
+        self.last_built = False
+        if not (folder / "meta.json").exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.cache_dir / f".{key}.lock")):
+                if not (folder / "meta.json").exists():  # nobody published it while we waited
+                    self._publish(records, folder)
+                    self.last_built = True
         return np.load(folder / "crops.npy", mmap_mode="r"), np.load(folder / "affines.npy")
 
+    def _publish(self, records: list[FaceRecord], folder: Path) -> None:
+        """Build in a temporary folder and rename it into place (under the key's lock)."""
+        for stale in [folder, *self.cache_dir.glob(f".{folder.name}.tmp-*")]:  # left by a killed builder
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=self.cache_dir))
+        try:
+            self._build(records, tmp)
+            os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def _build(self, records: list[FaceRecord], folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         S = self.crop_size
         crops = np.lib.format.open_memmap(folder / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(records), S, S, 3))
         affines = np.empty((len(records), 2, 3))
@@ -79,4 +104,4 @@ class CropCache:
         del crops
         np.save(folder / "affines.npy", affines)
         meta = {"version": CACHE_VERSION, "crop_size": S, "margin": self.margin, "count": len(records)}
-        write_atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
+        (folder / "meta.json").write_text(json.dumps(meta))

@@ -14,12 +14,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from flmk.data.cache import CropCache
 from flmk.data.images import read_rgb
 from flmk.data.records import FaceRecord
+from flmk.data.sampling import EpochSampler, SampleKey, WorkerInit, sample_rng
 from flmk.data.transforms import (AugmentConfig, FaceTransform, apply_affine, crop_affine, to_chw_uint8,
                                   to_tensor_image)
 from flmk.layouts import Layout, get_layout
@@ -28,9 +30,10 @@ from flmk.layouts import Layout, get_layout
 class FaceDataset(Dataset):
     """Records -> crops.
 
-    Augmentation draws from torch's RNG, which Lightning seeds in the main
-    process and the DataLoader re-seeds in every worker each epoch from its
-    seeded generator: a fixed seed repeats a run exactly, epochs differ.
+    A training key ``(index, seed, epoch)`` (from :class:`EpochSampler`) fixes the
+    sample's augmentation stream, so a fixed seed repeats a run exactly, in any
+    worker and after any restart, and epochs differ; a bare index (evaluation)
+    draws from a stream of its own.
     """
 
     def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform,
@@ -48,8 +51,8 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict:
-        return self.sample(i, np.random.default_rng([int(torch.randint(0, 2**62, ())), i]))
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        return self.sample(key[0] if isinstance(key, tuple) else int(key), sample_rng(key))
 
     def sample(self, i: int, rng: np.random.Generator, box: np.ndarray | None = None,
                params: dict | None = None) -> dict:
@@ -139,6 +142,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.image_dtype = image_dtype
         self._sources: dict | None = None
         self.splits: dict[str, list[FaceRecord]] = {}
+        self._resume_at = (0, 0)  # (epoch, samples to skip) of the first training iteration; see load_state_dict
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -190,19 +194,45 @@ class LandmarkDataModule(pl.LightningDataModule):
         return FaceDataset(self.splits[split], self.layout, *self.transform_and_cache(split), image_dtype=self.image_dtype)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """Training: the order of epoch e is a function of (seed, e) (flmk.data.sampling); evaluation in order.
+
+        Every loader has its own generator, so starting one never draws from the global torch RNG.
+        """
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+            sampler=EpochSampler(len(dataset), self.seed, *self._resume_at) if shuffle else None,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=WorkerInit() if self.num_workers > 0 else None,
         )
 
+    # -- resuming -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where training stands, saved in every checkpoint: the epoch the next batch belongs to and how many
+        of its batches are done (0 at an epoch end). [assume] Under DDP the resumed epoch restarts from its
+        first batch (Lightning's own behaviour); the skip needs one process."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        epoch = trainer.fit_loop.epoch_progress.current.ready - 1  # the epoch running (or just finished)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"train_epoch": epoch, "train_batches_done": done if trainer.world_size == 1 else 0}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._resume_at = (state_dict["train_epoch"], state_dict["train_batches_done"] * self.batch_size)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        self._resume_at = (0, 0)  # later epochs start afresh (the sampler learns them from set_epoch)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

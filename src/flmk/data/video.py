@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from flmk.data.datamodule import FaceDataset, LandmarkDataModule
 from flmk.data.records import FaceRecord
+from flmk.data.sampling import SampleKey, sample_rng
 from flmk.data.transforms import FaceTransform
 
 
@@ -59,11 +60,12 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        i = key[0] if isinstance(key, tuple) else int(key)
         clip = self.clips[i]
         real = [j for j in clip if j >= 0]
         padded = [j if j >= 0 else real[-1] for j in clip]
-        rng = np.random.default_rng([int(torch.randint(0, 2**62, ())), i])
+        rng = sample_rng(key)
         params = self.transform.sample_params(rng)
         boxes = np.stack([self.records[j].box_or_points_box() for j in padded])
         clip_box = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])

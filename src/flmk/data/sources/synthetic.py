@@ -30,7 +30,8 @@ class SyntheticSource(PtsFolderSource):
     def prepare(self) -> None:
         from flmk.data.synth import ensure_synthetic
 
-        ensure_synthetic(self.root, n=self.n, seed=self.seed, size=self.size)
+        # root, or <root>-<hash> when root holds a set with other parameters (never replaced under a reader)
+        self.root = ensure_synthetic(self.root, n=self.n, seed=self.seed, size=self.size)
 
     def read(self, split: str):
         self.prepare()

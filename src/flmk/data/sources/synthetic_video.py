@@ -16,7 +16,10 @@ class SyntheticVideoSource(Vw300Source):
     def prepare(self) -> None:
         from flmk.data.synth import ensure_synthetic_videos
 
-        ensure_synthetic_videos(self.root, n_videos=self.n_videos, frames=self.frames, seed=self.seed, size=self.size)
+        # root, or <root>-<hash> when root holds clips with other parameters (never replaced under a reader)
+        self.root = ensure_synthetic_videos(self.root, n_videos=self.n_videos, frames=self.frames, seed=self.seed,
+                                            size=self.size)
+        self.splits_file = self.root / self.splits_file.name
 
     def read(self, split: str):
         self.prepare()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import cv2
 import numpy as np
+from filelock import FileLock
 
 from flmk.data.sources.pts import write_pts
 
 _PARAMS = "parameters: "
+log = logging.getLogger("flmk.data.synth")
 
 
 def write_annotation(pts_path: Path, points: np.ndarray, visible: np.ndarray) -> None:
@@ -45,33 +48,43 @@ def has_params(root: Path, params: dict[str, Any]) -> bool:
     return line in readme.read_text().splitlines()
 
 
-def ensure(root: str | Path, params: dict[str, Any], build: Callable[[Path], None]) -> Path:
-    """Run ``build(folder)`` unless ``root/README.txt`` records ``params``.
+def variant(root: Path, params: dict[str, Any]) -> Path:
+    """The sibling of ``root`` that holds the set with ``params`` when ``root`` holds another one."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return root.with_name(f"{root.name}-{digest}")
 
-    The data is built in a temporary sibling folder and renamed into place, so
-    concurrent callers never see a half-written set: the first rename wins and
-    the others discard their copy. A root with other parameters is replaced.
+
+def ensure(root: str | Path, params: dict[str, Any], build: Callable[[Path], None]) -> Path:
+    """The folder holding the set with ``params``: ``root``, or, when ``root`` holds other parameters,
+    :func:`variant` (``<root>-<hash of params>``); ``build(folder)`` makes it on first use.
+
+    One process builds at a time (a lock beside ``root``), in a temporary sibling folder that one
+    rename publishes. A published set is never changed or replaced, so a run asking for other
+    parameters never touches the files another run is reading; callers waiting on the lock find
+    the finished set and get the same bytes.
     """
     root = Path(root).expanduser()
-    if has_params(root, params):
-        return root
+    for folder in (root, variant(root, params)):
+        if has_params(folder, params):
+            return folder
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        build(tmp)
-        for _ in range(3):
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        free = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+        target = root if free or has_params(root, params) else variant(root, params)
+        if has_params(target, params):
+            return target  # published while we waited
+        if target != root:
+            log.warning("%s holds a synthetic set with other parameters; this one goes to %s", root, target)
+        for stale in root.parent.glob(f".{target.name}.tmp-*"):  # left by a killed builder
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root.parent))
+        try:
+            build(tmp)
             try:
-                os.rename(tmp, root)  # atomic; fails when root exists and is not empty
-                return root
-            except OSError:
-                if has_params(root, params):
-                    return root  # another process finished first
-                stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
-                try:
-                    os.rename(root, stale)
-                except FileNotFoundError:
-                    continue
-                shutil.rmtree(stale, ignore_errors=True)
-        raise OSError(f"could not move the generated data into {root} (another process keeps replacing it)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                os.rename(tmp, target)  # atomic; only onto a missing or empty folder
+            except OSError as e:
+                raise OSError(f"{target} exists without the README.txt of a synthetic set with these parameters; "
+                              f"remove it or choose another root") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -159,5 +159,5 @@ def generate(out: str | Path, n: int = 2000, seed: int = 0, size: int = 160, cfg
 
 def ensure_synthetic(root: str | Path, n: int = 2000, seed: int = 0, size: int = 160,
                      cfg: SynthConfig = SynthConfig(), workers: int = 1) -> Path:
-    """Generate into ``root`` unless it already holds a set with these parameters (safe under concurrency)."""
+    """The folder with this set: ``root``, or ``<root>-<hash>`` when ``root`` holds another (files.ensure)."""
     return ensure(root, _params(n, seed, size, cfg), lambda tmp: generate(tmp, n, seed, size, cfg, workers))
