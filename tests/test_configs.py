@@ -95,7 +95,8 @@ def test_table_row_trains_one_step(experiment, row, tmp_path, synthetic_root, sy
         root = None
     else:
         data, root = ["data=synthetic", "data.batch_size=2"], synthetic_root
-    overrides = [f"experiment={experiment}", f"ablation={row}", *data, *TINY_MODEL.get(model, []),
+    scratch = ["model.net.allow_scratch=true"] if model in CLIP_MODELS else []  # trackers' checkpoints: test_trackers
+    overrides = [f"experiment={experiment}", f"ablation={row}", *data, *TINY_MODEL.get(model, []), *scratch,
                  "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
                  "test=false", "logger=csv", "hydra.mode=RUN"]
     cfg = compose_train(overrides, tmp_path, root)

@@ -111,7 +111,7 @@ def test_fan2d_heatmap_loss_value_and_integral_coordinate_loss() -> None:
 def test_fan2d_without_intermediate_supervision_and_newell_pooling() -> None:
     net = FAN2D(4, length=16, intermediate_supervision=False, pool="max", **TINY_2D)
     out = net(torch.randn(1, 3, 64, 64))
-    assert "heatmap_stacks" not in out and len(net.stack_heads) == 0
+    assert "heatmap_stacks" not in out and len(net.intermediate.heads) == 0
     assert isinstance(net.backbone.stem.layers[4], torch.nn.MaxPool2d)
     with pytest.raises(ValueError, match="decoder"):
         FAN2D(4, decoder="soft", **TINY_2D)
@@ -178,8 +178,9 @@ def test_every_row_composes_to_its_model_and_runs_a_step(row: str) -> None:
     assert cfg.hydra.runtime.choices.ablation == f"hm1d/{row}"
     assert cfg.model.name == ROW_MODEL.get(row, base[0].split("=")[1] if base else None)
     _tiny(cfg)
+    if clip := cfg.model.name.endswith("tracker"):
+        cfg.model.net.allow_scratch = True  # no detector checkpoint in a unit test
     net, loss = instantiate(cfg.model.net), instantiate(cfg.model.loss)
-    clip = cfg.model.name.endswith("tracker")
     lead = (1, 2) if clip else (1,)
     batch = {"image": torch.randn(*lead, 3, 64, 64), "points": torch.rand(*lead, cfg.data.num_points, 2)}
     out = net(batch["image"])
@@ -215,3 +216,45 @@ def test_paper_number_files_name_existing_rows() -> None:
         for row, values in spec["rows"].items():
             assert row.removeprefix("hm1d/") in ROWS, f"{path.name}: {row}"
             assert set(values) == set(spec["columns"]), f"{path.name}: {row}"
+
+
+# -- intermediate supervision: one switch on both models (issue 13 item 11) ---------------------------------------
+@pytest.mark.parametrize("model", ("hm1d", "fan2d"))
+def test_intermediate_switch_decides_which_stacks_get_loss(model: str) -> None:
+    """On: the earlier stack draws 2D maps whose L2 to the eq. 2 Gaussians is a loss term that reaches stack 1 and
+    neither stack 2 nor the last head. Off: no stack maps, no such term (eq. 11 for hm1d)."""
+    make, loss = {"hm1d": (lambda **kw: HM1D(5, **TINY_1D, length=32, **kw), HM1DLoss()),
+                  "fan2d": (lambda **kw: FAN2D(5, **TINY_2D, length=32, **kw), FAN2DLoss())}[model]
+    batch = {"image": torch.randn(2, 3, 64, 64), "points": torch.rand(2, 5, 2)}
+    torch.manual_seed(0)
+    net = make(intermediate_supervision=True)
+    out = net(batch["image"])
+    terms = loss(out, batch, net)
+    target = gaussian_2d(batch["points"], 16, 1.0)  # sigma 2 px at 64 -> 0.5 bins at 16, floored at 1
+    torch.testing.assert_close(terms["intermediate"], ((out["heatmap_stacks"][:, 0] - target) ** 2).sum() / 2)
+    terms["intermediate"].backward()
+    assert net.intermediate.heads[0].weight.grad.abs().sum() > 0
+    assert net.backbone.stacks[0][2].weight.grad.abs().sum() > 0           # the earlier stack gets this loss
+    assert net.backbone.stacks[1][2].weight.grad is None                   # the last stack does not
+    assert all(p.grad is None for p in net.head.parameters())
+    torch.manual_seed(0)
+    off = make(intermediate_supervision=False)
+    out = off(batch["image"])
+    assert "heatmap_stacks" not in out and len(off.intermediate.heads) == 0
+    assert set(loss(out, batch, off)) == ({"heatmap", "loss"})
+
+
+def test_intermediate_switch_has_one_name_and_each_papers_default() -> None:
+    defaults = {m: _compose([f"model={m}"]).model.net.intermediate_supervision for m in ("hm1d", "fan2d")}
+    assert defaults == {"hm1d": False, "fan2d": True}  # eq. 11 (notes §8 item 17) | FAN: MSE on every stack
+    for row, flag in (("hm1d/ours", "true"), ("hm1d/fan2d_dark", "false")):  # like-for-like Table 3
+        cfg = _compose(["experiment=hm1d/table3", f"ablation={row}", f"++model.net.intermediate_supervision={flag}"])
+        _tiny(cfg)
+        cfg.model.net.num_stacks = 2
+        net = instantiate(cfg.model.net)
+        assert ("heatmap_stacks" in net(torch.randn(1, 3, 64, 64))) == (flag == "true")
+
+
+def test_hm1d_detector_without_stack_heads_keeps_its_checkpoint_keys() -> None:
+    """Off, the switch adds no parameters: hm1d checkpoints from before the switch still load."""
+    assert not any(k.startswith("intermediate.") for k in tiny_hm1d().state_dict())

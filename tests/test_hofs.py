@@ -1,13 +1,15 @@
-"""HOFS: MDP mechanics, DQN target, clip replay, TD loss and a Lightning smoke run."""
+"""HOFS: MDP mechanics, DQN target, clip replay, TD loss, a Lightning smoke run and the stages' checkpoints."""
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from flmk.models.hofs import (ClipReplay, HOFSModule, candidate_indices, dqn_target, epsilon_greedy, hofs_reward)
 from flmk.models.srn import SRN, SRNTracker
+from flmk.models.tracking import MissingCheckpointError
 
 TINY = dict(crop_size=32, patch_size=12, conv_channels=(4, 8, 8), conv_kernels=(3, 1, 1), conv_init_std=None,
             nl_inter_channels=4, rnn_hidden=16, g_dim=16, f_dim=8, noise_size=6)
@@ -64,6 +66,7 @@ def test_replay_keeps_the_last_k_clips_and_pairs_consecutive_frames():
 
 def _module(**kw) -> HOFSModule:
     torch.manual_seed(0)
+    kw = {"allow_scratch": True, **kw}  # a random SRN stands in for the pre-trained one
     return HOFSModule(SRN(**TINY), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3), crop_size=32, **kw)
 
 
@@ -132,9 +135,40 @@ def test_lightning_run_then_tracker_fine_tune_uses_the_policy(tmp_path):
     for key in ("train/reward", "train/td_loss", "train/action_0", "train/action_1", "train/action_2"):
         assert key in trainer.callback_metrics
     trainer.save_checkpoint(tmp_path / "hofs.ckpt")
-    tracker = SRNTracker(occlusion_policy="hofs", hofs_ckpt=str(tmp_path / "hofs.ckpt"), **TINY).train()
+    tracker = SRNTracker(occlusion_policy="hofs", hofs_ckpt=str(tmp_path / "hofs.ckpt"), allow_scratch=True,
+                         **TINY).train()
     for a, b in zip(tracker.hofs_policy.qnet.parameters(), module.policy.qnet.parameters()):
         torch.testing.assert_close(a, b)
     assert not tracker.hofs_policy.training
     out = tracker(torch.zeros(1, 3, 3, 32, 32), points=torch.full((1, 3, 68, 2), 0.5))
     assert out["points"].shape == (1, 3, 68, 2)
+
+
+@pytest.mark.parametrize(("policy", "given", "missing"), [
+    ("none", (), ("srn_ckpt",)),
+    ("rsf", (), ("srn_ckpt",)),
+    ("hofs", (), ("srn_ckpt", "hofs_ckpt")),
+    ("hofs", ("srn_ckpt",), ("hofs_ckpt",)),
+    ("none", ("srn_ckpt",), ()),
+])
+def test_srn_tracker_needs_the_earlier_stages_unless_scratch_is_allowed(policy, given, missing, tmp_path):
+    torch.save(SRN(**TINY).state_dict(), tmp_path / "srn.pt")
+    ckpts = {"srn_ckpt": str(tmp_path / "srn.pt")} if "srn_ckpt" in given else {}
+    if not missing:
+        SRNTracker(occlusion_policy=policy, **ckpts, **TINY)  # everything it fine-tunes is given
+        return
+    with pytest.raises(MissingCheckpointError) as refused:
+        SRNTracker(occlusion_policy=policy, **ckpts, **TINY)
+    message = str(refused.value)
+    for key in ("srn_ckpt", "hofs_ckpt"):
+        assert (f"model.net.{key} is null" in message) == (key in missing)
+    assert ("`python -m flmk.train experiment=srn/300w`" in message) == ("srn_ckpt" in missing)
+    assert ("`python -m flmk.train experiment=srn/hofs model.module_kwargs.srn_ckpt=" in message) == (
+        "hofs_ckpt" in missing)
+    assert SRNTracker(occlusion_policy=policy, allow_scratch=True, **ckpts, **TINY).occlusion_policy == policy
+
+
+def test_hofs_stage_needs_the_pretrained_srn_unless_scratch_is_allowed():
+    with pytest.raises(MissingCheckpointError, match=r"model\.module_kwargs\.srn_ckpt is null.*"
+                       r"experiment=srn/300w.*model\.module_kwargs\.allow_scratch=true"):
+        HOFSModule(SRN(**TINY), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3), crop_size=32)

@@ -207,7 +207,7 @@ def test_hourglass_initialisation_adds_init_term_and_trains():
 
 def test_tracker_streaming_equals_clip_at_once_and_carries_state():
     torch.manual_seed(0)
-    tracker = SRNTracker(occlusion_policy="none", **TINY).eval()
+    tracker = SRNTracker(occlusion_policy="none", allow_scratch=True, **TINY).eval()
     clip = torch.randn(2, 4, 3, 32, 32)
     with torch.no_grad():
         whole = tracker(clip)
@@ -226,7 +226,7 @@ def test_tracker_streaming_equals_clip_at_once_and_carries_state():
 
 
 def test_tracker_rsf_occludes_every_frame_in_training_only():
-    tracker = SRNTracker(occlusion_policy="rsf", **TINY).train()
+    tracker = SRNTracker(occlusion_policy="rsf", allow_scratch=True, **TINY).train()
     seen = []
 
     def step(frame, state):

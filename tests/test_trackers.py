@@ -1,13 +1,19 @@
-"""Trackers: eq. 13 recursion, streaming = clip-at-once, refinement wiring, detector checkpoint and LR groups."""
+"""Trackers: eq. 13 recursion, streaming = clip-at-once, refinement wiring, detector checkpoint and LR groups,
+and the refusal to train without pre-trained parts (issue 13 item 7)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from conftest import compose_train
 from flmk.models.fan2d import FAN2DLoss, FAN2DTracker
 from flmk.models.hm1d import HM1D, HM1DLoss, HM1DTracker
-from flmk.models.tracking import ConvGRUMemory, ExponentialMemory, TemporalRefiner
+from flmk.models.tracking import ConvGRUMemory, ExponentialMemory, MissingCheckpointError, TemporalRefiner
+from flmk.train import train
 
 DETECTOR = dict(crop_size=64, num_stacks=1, channels=8, hourglass_depth=2, head_channels=8, deconv_channels=4,
                 length=40)
@@ -16,7 +22,7 @@ DETECTOR_2D = dict(crop_size=64, num_stacks=2, channels=8, hourglass_depth=2, de
 
 def hm1d_tracker(**kw) -> HM1DTracker:
     torch.manual_seed(0)
-    return HM1DTracker(4, temporal_channels=6, **{**DETECTOR, **kw})
+    return HM1DTracker(4, temporal_channels=6, **{**DETECTOR, "allow_scratch": True, **kw})
 
 
 def randomise_refinement(tracker) -> None:
@@ -74,7 +80,7 @@ def test_hm1d_tracker_streaming_equals_clip_at_once() -> None:
 
 def test_fan2d_tracker_streaming_equals_clip_at_once() -> None:
     torch.manual_seed(0)
-    tracker = FAN2DTracker(3, temporal_channels=4, **DETECTOR_2D).eval()
+    tracker = FAN2DTracker(3, temporal_channels=4, allow_scratch=True, **DETECTOR_2D).eval()
     randomise_refinement(tracker)
     clip = torch.randn(1, 3, 3, 64, 64)
     with torch.no_grad():
@@ -123,7 +129,7 @@ def test_tracker_loss_is_eq_11_summed_over_frames_and_trains_both_parts() -> Non
 
 def test_fan2d_tracker_loss_supervises_the_refined_heatmaps() -> None:
     torch.manual_seed(0)
-    tracker = FAN2DTracker(3, temporal_channels=4, **DETECTOR_2D)
+    tracker = FAN2DTracker(3, temporal_channels=4, allow_scratch=True, **DETECTOR_2D)
     batch = {"image": torch.randn(1, 2, 3, 64, 64), "points": torch.rand(1, 2, 3, 2)}
     terms = FAN2DLoss()(tracker(batch["image"]), batch, tracker)
     assert set(terms) == {"heatmap", "loss"}  # intermediate stacks are not part of the tracker's output
@@ -163,3 +169,63 @@ def test_detector_checkpoint_loads_lightning_and_plain_state_dicts(tmp_path) -> 
 def test_tracker_rejects_image_batches() -> None:
     with pytest.raises(ValueError, match=r"\(B, T, 3, S, S\)"):
         hm1d_tracker()(torch.randn(1, 3, 64, 64))
+
+
+# -- pre-trained parts: no silent training from scratch ------------------------------------------------------------
+@pytest.mark.parametrize(("make", "command"), [
+    (lambda **kw: HM1DTracker(4, temporal_channels=6, **DETECTOR, **kw),
+     "`python -m flmk.train experiment=hm1d/300w_300vw model.net.length=40`"),
+    (lambda **kw: FAN2DTracker(3, temporal_channels=4, **DETECTOR_2D, **kw),
+     "`python -m flmk.train model=fan2d data=300w_300vw data.batch_size=10 trainer.max_epochs=60 model.net.length=32`"),
+])
+def test_tracker_without_detector_checkpoint_stops_unless_scratch_is_allowed(make, command, caplog) -> None:
+    with pytest.raises(MissingCheckpointError) as refused:
+        make()
+    message = str(refused.value)
+    assert "model.net.detector_ckpt is null" in message and command in message
+    assert "model.net.allow_scratch=true" in message
+    with caplog.at_level(logging.WARNING, logger="flmk.models.tracking"):
+        tracker = make(allow_scratch=True)
+    assert "model.net.detector_ckpt null and model.net.allow_scratch=true" in caplog.text
+    assert tracker.detector_lr_scale == 0.1  # the scratch detector still trains at the scaled LR: the user asked
+
+
+class FitCalled(Exception):
+    """Raised by the patched Trainer.fit: training would have started."""
+
+
+VIDEO = ["data=synthetic_video", "data.sources.synthetic_video.n_videos=3", "data.sources.synthetic_video.frames=12",
+         "data.sources.synthetic_video.size=96", "data.clip_length=3", "data.batch_size=2", "trainer=cpu",
+         "test=false", "logger=csv", "hydra.mode=RUN"]
+HM1D_TINY = ["model.crop_size=64", "model.net.channels=32", "model.net.num_stacks=1"]
+
+
+@pytest.mark.parametrize(("overrides", "keys", "scratch_key"), [
+    (["experiment=hm1d/table2_lambda", "ablation=hm1d/lambda_0_3", *HM1D_TINY],
+     ["model.net.detector_ckpt"], "model.net.allow_scratch"),
+    (["experiment=hm1d/table1_tracker", "ablation=hm1d/trk2d_64", *HM1D_TINY],
+     ["model.net.detector_ckpt"], "model.net.allow_scratch"),
+    (["experiment=srn/table9", "ablation=srn/track_hofs", "model.crop_size=128"],
+     ["model.net.srn_ckpt", "model.net.hofs_ckpt"], "model.net.allow_scratch"),
+    (["experiment=srn/hofs", "model.crop_size=128"], ["model.module_kwargs.srn_ckpt"], "model.module_kwargs.allow_scratch"),
+], ids=["hm1d_tracker", "fan2d_tracker", "srn_tracker", "hofs"])
+def test_train_refuses_before_fit_and_allow_scratch_lets_it_train(
+    overrides, keys, scratch_key, tmp_path, synthetic_video_root, monkeypatch
+) -> None:
+    """Through `flmk.train` as a user runs it: the run stops before Trainer.fit with the keys and the commands;
+    with the explicit <scratch_key>=true it reaches Trainer.fit."""
+    def fit(*args, **kwargs):
+        raise FitCalled
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    data = [*VIDEO, f"data.sources.synthetic_video.root={synthetic_video_root}"]
+    with pytest.raises(Exception) as refused:  # hydra wraps the constructor's MissingCheckpointError
+        train(compose_train([*overrides, *data], tmp_path / "refused"))
+    assert not isinstance(refused.value, FitCalled)
+    message = str(refused.value)
+    for key in keys:
+        assert f"{key} is null: produce it with `python -m flmk.train" in message
+    assert f"{scratch_key}=true" in message
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    with pytest.raises(FitCalled):
+        train(compose_train([*overrides, *data, f"{scratch_key}=true"], tmp_path / "scratch"))

@@ -3,7 +3,8 @@
     image S x S -> stacked hourglass (S/4 features) -> last stack -> 2D deconvolutions to L x L -> N heatmaps
 
 Intermediate stacks predict S/4 heatmaps that are supervised and re-injected into the next stack
-(FAN / Newell); ``pool`` picks FAN's average or Newell's max pooling. The decoder is a switch:
+(FAN / Newell: "MSE on every stack"; ``intermediate_supervision``, default on, the same switch as 1D-HM's);
+``pool`` picks FAN's average or Newell's max pooling. The decoder is a switch:
 ``argmax`` / ``dark`` train on the heatmap L2 of eq. 2 targets; ``integral`` (Sun et al.) and
 ``dsnt`` (Nibali et al.) read the heatmap as logits, decode by soft-argmax and train on
 coordinates (L1, resp. Euclidean + the DSNT Jensen-Shannon regulariser).
@@ -20,7 +21,7 @@ from torch import nn
 
 from flmk.models.blocks.hourglass import Pool, StackedHourglass
 from flmk.models.heads.decoders import DECODERS_2D, check_decoder, decode_2d, dsnt_regulariser, soft_argmax_2d
-from flmk.models.heads.heatmap2d import Heatmap2DHead
+from flmk.models.heads.heatmap2d import Heatmap2DHead, IntermediateHeatmaps
 from flmk.models.heads.targets import gaussian_2d, heatmap_l2, sigma_in_bins
 from flmk.models.hm1d import check_crop
 from flmk.models.tracking import ConvGRUMemory, HeatmapTracker, TemporalRefiner
@@ -54,44 +55,36 @@ class FAN2D(nn.Module):
         self.crop_size, self.length = crop_size, length
         self.decoder = check_decoder(decoder, DECODERS_2D, "model.net (fan2d)")
         self.sigma_bins = sigma_in_bins(sigma, crop_size, length, min_sigma_bins)
-        self.stack_sigma_bins = sigma_in_bins(sigma, crop_size, self.feature_size, min_sigma_bins)
         self.backbone = StackedHourglass(num_stacks, channels, depth=hourglass_depth, pool=pool)
-        inner = num_stacks - 1 if intermediate_supervision else 0
-        self.stack_heads = nn.ModuleList(nn.Conv2d(channels, num_points, 1) for _ in range(inner))
-        self.remaps = nn.ModuleList(nn.Conv2d(num_points, channels, 1) for _ in range(inner))  # re-injection
+        self.intermediate = IntermediateHeatmaps(
+            num_stacks, channels, num_points, self.feature_size,
+            sigma_in_bins(sigma, crop_size, self.feature_size, min_sigma_bins), intermediate_supervision,
+        )
         self.head = Heatmap2DHead(channels, self.feature_size, num_points, length, deconv_channels, upsample_factors)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if image.shape[-2:] != (self.crop_size, self.crop_size):
             raise ValueError(f"fan2d: image is {tuple(image.shape[-2:])}, model.crop_size is {self.crop_size}")
-        hg = self.backbone
-        x, stack_maps = hg.stem(image), []
-        for i, stack in enumerate(hg.stacks):
-            feat = stack(x)
-            if i < len(hg.stacks) - 1:
-                x = x + hg.merges[i](feat)
-                if self.stack_heads:
-                    stack_maps.append(self.stack_heads[i](feat))
-                    x = x + self.remaps[i](stack_maps[-1])
+        feat, stacks = self.intermediate(self.backbone, image)
         out = {"heatmap": self.head(feat)}
         out["points"] = self.decode_heatmaps(out)
-        if stack_maps:
-            out["heatmap_stacks"] = torch.stack(stack_maps, 1)
+        if stacks is not None:
+            out["heatmap_stacks"] = stacks
         return out
 
     def decode_heatmaps(self, heatmaps: dict[str, torch.Tensor]) -> torch.Tensor:
         return decode_2d(heatmaps["heatmap"], self.decoder, self.sigma_bins)
 
     def targets(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(..., N, 2) -> eq. 2 Gaussians: heatmap (..., N, L, L), heatmap_stacks (..., 1, N, S/4, S/4)."""
-        return {
-            "heatmap": gaussian_2d(points, self.length, self.sigma_bins),
-            "heatmap_stacks": gaussian_2d(points, self.feature_size, self.stack_sigma_bins).unsqueeze(-4),
-        }
+        """(..., N, 2) -> eq. 2 Gaussians: heatmap (..., N, L, L) and, with intermediate supervision,
+        heatmap_stacks (..., 1, N, S/4, S/4)."""
+        return {"heatmap": gaussian_2d(points, self.length, self.sigma_bins), **self.intermediate.targets(points)}
 
 
 class FAN2DTracker(HeatmapTracker):
     """2D tracker baseline: a :class:`FAN2D` (every detector key passes through) + ConvGRU encoder-decoder."""
+
+    detector_command = "python -m flmk.train model=fan2d data=300w_300vw data.batch_size=10 trainer.max_epochs=60"
 
     def __init__(
         self,
@@ -103,12 +96,14 @@ class FAN2DTracker(HeatmapTracker):
         detector_ckpt: str | None = None,
         detector_lr_scale: float = 0.1,
         lr: float | None = None,
+        allow_scratch: bool = False,
         **detector: object,
     ) -> None:
         memory = ConvGRUMemory(2, temporal_channels, temporal_kernel)
         refiner = TemporalRefiner(2, num_points, temporal_channels, temporal_layers, temporal_kernel, memory,
                                   zero_init_refinement)
-        super().__init__(FAN2D(num_points, **detector), {"heatmap": refiner}, detector_ckpt, detector_lr_scale, lr)
+        super().__init__(FAN2D(num_points, **detector), {"heatmap": refiner}, detector_ckpt, detector_lr_scale, lr,
+                         allow_scratch)
 
 
 class FAN2DLoss(nn.Module):

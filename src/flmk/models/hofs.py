@@ -14,12 +14,14 @@ Two-stage flow for the occlusion-robust tracker (Table 9):
    ckpt> model.net.srn_ckpt=<image SRN ckpt>``: :class:`HOFSPolicy` (frozen, greedy) synthesises the
    occluded version of every training clip on the fly inside :class:`flmk.models.srn.SRNTracker`.
    Storing indices rather than pixels keeps the synthesis valid under the data module's augmentation.
+
+Both stages start from the image SRN pre-trained on 300W (SRN §4.1); a stage whose earlier checkpoints are
+missing stops before training (:func:`require_stages`) unless ``allow_scratch`` is set.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +35,22 @@ from flmk.data.occlusion import landmark_at, paste_noise, uniform_noise_like
 from flmk.layouts import get_layout
 from flmk.models.blocks.patches import extract_patches
 from flmk.models.srn import SRN, PatchEncoder, load_srn_weights
-
-log = logging.getLogger(__name__)
+from flmk.models.tracking import require_pretrained
 
 ACTIONS = torch.tensor([-1, 0, 1])  # a^0: index - 1, a^1: stay, a^2: index + 1
+SRN_COMMAND = "python -m flmk.train experiment=srn/300w"  # the image SRN, pre-trained on 300W (SRN §4.1)
+HOFS_COMMAND = "python -m flmk.train experiment=srn/hofs model.module_kwargs.srn_ckpt=<the SRN checkpoint>"
+
+
+def require_stages(model: str, srn_ckpt: str | None, hofs_ckpt: str | None, need_hofs: bool, allow_scratch: bool,
+                   scratch_key: str = "model.net.allow_scratch") -> None:
+    """Stop unless the earlier stages' checkpoints are given: the pre-trained SRN and, if ``need_hofs``,
+    the stage-1 policy (keys next to ``scratch_key``); see flmk.models.tracking.require_pretrained."""
+    prefix = scratch_key.rsplit(".", 1)[0]
+    missing = {f"{prefix}.srn_ckpt": SRN_COMMAND} if not srn_ckpt else {}
+    if need_hofs and not hofs_ckpt:
+        missing[f"{prefix}.hofs_ckpt"] = HOFS_COMMAND
+    require_pretrained(model, missing, allow_scratch, scratch_key)
 
 
 def candidate_indices(index: torch.Tensor, num_points: int) -> torch.Tensor:
@@ -198,7 +212,7 @@ class HOFSModule(pl.LightningModule):
     """Stage 1 of HOFS: learn the occlusion policy against a frozen pre-trained SRN.
 
     Built by ``flmk.train`` like any model (``model.module_target``): ``net`` is the SRN (loaded from
-    ``srn_ckpt`` and frozen), ``optimizer`` trains the Q-net; ``loss`` is unused (the TD loss is eq. 12).
+    ``srn_ckpt`` and frozen; null stops before training unless ``allow_scratch``), ``optimizer`` trains the Q-net; ``loss`` is unused (the TD loss is eq. 12).
     Each training step plays the MDP on a batch of clips, pushes the clips to the replay and makes
     ``updates_per_step`` Q-learning updates. Logs ``train/reward``, ``train/td_loss`` and
     ``train/action_{0,1,2}`` (share of index-1 / stay / index+1). The evaluation arguments of the common
@@ -227,14 +241,14 @@ class HOFSModule(pl.LightningModule):
         target_sync: int = 1000,
         q_hidden: int = 512,
         q_init_from_srn: bool = True,
+        allow_scratch: bool = False,
     ) -> None:
         super().__init__()
+        require_stages("HOFSModule", srn_ckpt, None, False, allow_scratch, "model.module_kwargs.allow_scratch")
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.automatic_optimization = False
         if srn_ckpt:
             load_srn_weights(net, srn_ckpt)
-        else:
-            log.warning("HOFSModule: no srn_ckpt given; the reward comes from an untrained SRN")
         self.net = net.requires_grad_(False).eval()
         encoder = copy.deepcopy(net.encoder)  # Q-net initialised from the pre-trained SRN's conv stack
         if not q_init_from_srn:

@@ -370,13 +370,18 @@ class SRNTracker(SRN):
     shape. ``occlusion_policy`` picks the training-time occlusion of the fine-tuning stage (Table 9):
     "none", "rsf" (a noise square at a random landmark of each frame) or "hofs" (the learned HOFS policy
     from ``hofs_ckpt`` moves the square along each clip; see flmk.models.hofs). ``srn_ckpt`` loads a
-    pre-trained image SRN.
+    pre-trained image SRN. A null ``srn_ckpt`` (or ``hofs_ckpt`` under "hofs") stops before training unless
+    ``allow_scratch`` (flmk.models.tracking.require_pretrained).
     """
 
     def __init__(self, occlusion_policy: Literal["none", "rsf", "hofs"] = "hofs", hofs_ckpt: str | None = None,
-                 hofs_q_hidden: int = 512, srn_ckpt: str | None = None, **srn_kwargs) -> None:
+                 hofs_q_hidden: int = 512, srn_ckpt: str | None = None, allow_scratch: bool = False,
+                 **srn_kwargs) -> None:
         if occlusion_policy not in ("none", "rsf", "hofs"):
             raise ValueError(f"SRNTracker occlusion_policy: expected 'none', 'rsf' or 'hofs', got {occlusion_policy!r}")
+        from flmk.models.hofs import HOFSPolicy, require_stages  # hofs imports this module
+
+        require_stages("model.net (SRNTracker)", srn_ckpt, hofs_ckpt, occlusion_policy == "hofs", allow_scratch)
         srn_kwargs["noise_occlusion"] = occlusion_policy == "rsf"
         super().__init__(**srn_kwargs)
         self.occlusion_policy = occlusion_policy
@@ -384,8 +389,6 @@ class SRNTracker(SRN):
             load_srn_weights(self, srn_ckpt)
         self.hofs_policy = None
         if occlusion_policy == "hofs":
-            from flmk.models.hofs import HOFSPolicy  # hofs imports this module
-
             self.hofs_policy = HOFSPolicy(copy.deepcopy(self.encoder), self.num_points, self.patch_size,
                                           self.noise_size, hofs_q_hidden, self.noise_keep_inside)
             if hofs_ckpt:

@@ -8,10 +8,14 @@ The 2D baseline (Peng et al.'s recurrent encoder-decoder) swaps the fixed memory
 convolutional GRU. Encoders/decoders are per-frame and carry no batch norm, so a clip
 processed at once and the same clip streamed frame by frame give identical outputs (in eval
 mode; in training the detector's batch norm sees B*T frames at once).
+Every tracker fine-tunes pre-trained parts (1D-HM §5.1, notes §8 item 18; SRN §3.2): built without their
+checkpoints it stops with :class:`MissingCheckpointError` (:func:`require_pretrained`) unless
+``model.net.allow_scratch=true`` says that training them from scratch is meant.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,33 @@ import torch
 from torch import nn
 
 State = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+class MissingCheckpointError(ValueError):
+    """A tracker's pre-trained part has no checkpoint and ``model.net.allow_scratch`` is false."""
+
+
+def require_pretrained(model: str, missing: dict[str, str], allow_scratch: bool,
+                       scratch_key: str = "model.net.allow_scratch") -> None:
+    """Refuse to build ``model`` without its pre-trained parts, before anything trains.
+
+    ``missing`` maps each null checkpoint key (e.g. ``model.net.detector_ckpt``) to the command that
+    produces that checkpoint. ``allow_scratch`` (config key ``scratch_key``) lets the parts start from
+    random weights, with a warning.
+    """
+    if not missing:
+        return
+    if allow_scratch:
+        log.warning("%s: %s null and %s=true: these parts start from random weights",
+                    model, ", ".join(missing), scratch_key)
+        return
+    steps = "; ".join(f"{key} is null: produce it with `{command}`" for key, command in missing.items())
+    raise MissingCheckpointError(
+        f"{model} fine-tunes pre-trained parts and would otherwise train them silently from scratch. {steps} "
+        "(with the model.net settings of this run). Pass each as <key>=<that run>/checkpoints/<best|last>.ckpt, "
+        f"or set {scratch_key}=true to train from scratch on purpose."
+    )
 
 
 class ExponentialMemory(nn.Module):
@@ -118,20 +149,25 @@ class HeatmapTracker(nn.Module):
 
     ``forward(clip (B, T, 3, S, S))`` -> ``points`` (B, T, N, 2) and the refined heatmaps (B, T, ...).
     Streaming: ``state = init_state()``, then ``outputs, state = step(frame, state)`` per frame.
-    The detector can start from ``detector_ckpt`` and train at ``detector_lr_scale`` x the base ``lr``
-    (1D-HM notes item 18) through :meth:`param_groups`.
+    The detector starts from ``detector_ckpt`` (a run of ``detector_command``; null refuses unless
+    ``allow_scratch``) and trains at ``detector_lr_scale`` x the base ``lr`` (1D-HM notes item 18) through
+    :meth:`param_groups`.
     """
 
     visual_keys: tuple[str, ...] = ()
+    detector_command = ""  # trains the detector on 300W + 300VW-train stills (1D-HM §5.1); named when it is missing
 
     def __init__(
         self, detector: nn.Module, refiners: dict[str, TemporalRefiner], detector_ckpt: str | None = None,
-        detector_lr_scale: float = 0.1, lr: float | None = None,
+        detector_lr_scale: float = 0.1, lr: float | None = None, allow_scratch: bool = False,
     ) -> None:
         super().__init__()
         self.detector = detector
         self.refiners = nn.ModuleDict(refiners)
         self.detector_lr_scale, self.lr = detector_lr_scale, lr
+        command = f"{self.detector_command} model.net.length={detector.length}"
+        require_pretrained(f"model.net ({type(self).__name__})",
+                           {} if detector_ckpt else {"model.net.detector_ckpt": command}, allow_scratch)
         if detector_ckpt:
             self.load_detector(detector_ckpt)
 
@@ -165,6 +201,11 @@ class HeatmapTracker(nn.Module):
     @property
     def decoder(self) -> str:
         return self.detector.decoder
+
+    @property
+    def heatmap_keys(self) -> tuple[str, ...]:
+        """The refined (and supervised, eq. 14) heatmaps; the detector's intermediate stacks are not among them."""
+        return tuple(self.refiners)
 
     def targets(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """Targets of the refined heatmaps, drawn by the detector."""
