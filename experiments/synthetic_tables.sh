@@ -23,8 +23,8 @@ PY=${PY:-python3}
 NGPU=$(nvidia-smi -L | wc -l)
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2 seed="$SEEDS"
-        ${EXTRA:-} trainer.enable_model_summary=false)
+COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2 ${EXTRA:-}
+        trainer.enable_model_summary=false)
 if [ "$ROW_S" -gt 0 ]; then
   COMMON+=("trainer.max_time='$(printf '00:%02d:%02d:%02d' $((ROW_S / 3600)) $((ROW_S % 3600 / 60)) $((ROW_S % 60)))'")
 fi
@@ -36,7 +36,7 @@ rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one b
   shift
   for row in ${list//,/ }; do
     mkdir -p "$OUT/$dir/${row##*/}"
-    CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m experiment="$exp" ablation="$row" "$@" "${COMMON[@]}" \
+    CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m experiment="$exp" ablation="$row" seed="$SEEDS" "$@" "${COMMON[@]}" \
       hydra.sweep.dir="$OUT/$dir/${row##*/}" > "$OUT/$dir/${row##*/}/sweep.log" 2>&1 \
       || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" &
     n=$((n + 1))
@@ -72,7 +72,7 @@ hm1d_table2) (
   det="$OUT/prerequisites/hm1d_detector"
   mkdir -p "$OUT/prerequisites"
   CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train model=hm1d "${HM1D[@]}" trainer.max_epochs=30 \
-    "++model.scheduler.milestones=[22,27]" test=false "${COMMON[@]}" hydra.run.dir="$det" > "$det.log" 2>&1 \
+    "++model.scheduler.milestones=[22,27]" test=false seed="${SEEDS%%,*}" "${COMMON[@]}" hydra.run.dir="$det" > "$det.log" 2>&1 \
     || { echo "hm1d detector failed (see $det.log)"; exit 1; }
   rows hm1d_table2 hm1d/table2_lambda hm1d/lambda_0_0,hm1d/lambda_0_3 data=synthetic_video ++model.crop_size=128 \
     ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=60 "model.net.detector_ckpt=$det/checkpoints/best.ckpt"
