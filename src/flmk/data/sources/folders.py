@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flmk.data.images import ImageError
 from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
 from flmk.data.sources.pts import read_pts
+from flmk.layouts import get_layout
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
@@ -46,9 +48,8 @@ def find_image(pts_path: Path) -> Path:
         cand = pts_path.with_suffix(suffix)
         if cand.exists():
             return cand
-    raise FileNotFoundError(
-        f"{pts_path}: no image beside it (looked for {', '.join(pts_path.stem + s for s in IMAGE_SUFFIXES)})"
-    )
+    raise ImageError(pts_path.with_suffix(".*"), f"no image beside {pts_path.name} "
+                     f"(looked for {', '.join(pts_path.stem + s for s in IMAGE_SUFFIXES)})")
 
 
 def read_visibility(path: Path, n: int) -> np.ndarray:
@@ -74,6 +75,7 @@ class PtsFolderSource:
         self.root = Path(root).expanduser()
         self.split_dirs = {k: list(v) for k, v in (splits or W300_SPLITS).items()}
         self.layout = str(layout)
+        self.num_points: int | None = get_layout(self.layout).num_points  # a .pts with another count is an error
         self.name = name
         self.how_to_obtain = how_to_obtain
         self.expected_layout = expected_layout
@@ -96,7 +98,7 @@ class PtsFolderSource:
                 )
             pts_files = sorted(folder.rglob("*.pts") if self.recursive else folder.glob("*.pts"))
             for pts_path in pts_files:
-                points = read_pts(pts_path)
+                points = read_pts(pts_path, self.num_points)
                 vis_path = pts_path.with_suffix(".vis")
                 visible = read_visibility(vis_path, len(points)) if vis_path.exists() else None
                 records.append(

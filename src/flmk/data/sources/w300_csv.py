@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.records import AnnotationError, FaceRecord
+from flmk.data.records import AnnotationError, FaceRecord, check_points
 from flmk.data.sources.common import check_split, require
+from flmk.layouts import get_layout
 
 HRNET_CSVS: dict[str, str] = {
     "train": "face_landmarks_300w_train.csv",
@@ -73,7 +74,10 @@ class W300CsvSource:
                 raise AnnotationError(path, lineno, "non-numeric scale, centre or point value") from None
             if len(values) < 5 or (len(values) - 3) % 2:
                 raise AnnotationError(path, lineno, f"expected scale, center_w, center_h and x/y pairs, got {len(values)} numbers")
-            scale, centre, points = values[0], values[1:3] - 1.0, values[3:].reshape(-1, 2) - 1.0
+            points = check_points(values[3:].reshape(-1, 2), get_layout(self.layout).num_points, path, lineno) - 1.0
+            if not np.isfinite(values[:3]).all() or values[0] <= 0:
+                raise AnnotationError(path, lineno, f"scale must be a positive number and the centre finite, got {values[:3].tolist()}")
+            scale, centre = values[0], values[1:3] - 1.0
             half = scale * HRNET_BOX_UNIT / 2
             records.append(
                 FaceRecord(
