@@ -9,9 +9,11 @@ full trace instead; any other exception keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import shutil
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,7 +78,6 @@ def describe(exc: BaseException, conf_dir: str | None = None, config_name: str |
              argv: list[str] | None = None) -> str:
     """The user's message for a user error (see :func:`is_user_error`)."""
     from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
-    from omegaconf.errors import ConfigKeyError
 
     argv = sys.argv[1:] if argv is None else argv
     if isinstance(exc, InstantiationException) and isinstance(exc.__cause__, FlmkUserError):
@@ -89,7 +90,7 @@ def describe(exc: BaseException, conf_dir: str | None = None, config_name: str |
         near = did_you_mean(name, options)
         listing = f"; options: {', '.join(options)}" if options and not near else ""
         return f"no config {group}={name} (no conf/{exc.missing_cfg_file}.yaml){near}{listing}"
-    if isinstance(exc, ConfigCompositionException) and isinstance(exc.__cause__, ConfigKeyError):
+    if isinstance(exc, ConfigCompositionException) and getattr(exc.__cause__, "full_key", None):
         key = exc.__cause__.full_key
         cfg = _compose_without(conf_dir, config_name, argv, key) if conf_dir and config_name else None
         hint = unknown_key_message(key, cfg) if cfg is not None else f"unknown option {key}"
@@ -124,10 +125,28 @@ def remove_empty_run_dir() -> Path | None:
     if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
         return None
     shutil.rmtree(out)
-    sweep = out.parent  # a multirun's folder left with nothing but multirun.yaml goes too
-    if sweep.is_dir() and {p.name for p in sweep.iterdir()} <= {"multirun.yaml"} and (sweep / "multirun.yaml").exists():
-        shutil.rmtree(sweep)
+    parent = out.parent  # a multirun's folder left with only multirun.yaml, then the date folder if empty
+    if parent.is_dir() and [p.name for p in parent.iterdir()] == ["multirun.yaml"]:
+        shutil.rmtree(parent)
+        parent = parent.parent
+    if parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
     return out
+
+
+_USER_FULL_ERROR = "FLMK_USER_HYDRA_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, kept while run_cli sets its own
+
+
+def full_trace_wanted() -> bool:
+    """The user asked for full tracebacks (HYDRA_FULL_ERROR=1)."""
+    return os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def _stop(e: Exception, conf_dir: str | None, config_name: str | None) -> typing.NoReturn:
+    message = describe(e, conf_dir, config_name)
+    remove_empty_run_dir()
+    print(f"flmk: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def run_cli(main: Callable[[], object], conf_dir: str | None = None, config_name: str | None = None) -> object:
@@ -136,20 +155,47 @@ def run_cli(main: Callable[[], object], conf_dir: str | None = None, config_name
     Hydra is told to re-raise (``HYDRA_FULL_ERROR``) so that its config errors reach us; with
     ``HYDRA_FULL_ERROR=1`` set by the user, every error keeps its full traceback.
     """
-    saved = os.environ.get("HYDRA_FULL_ERROR")
-    full_error = saved == "1"
+    saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", _USER_FULL_ERROR)}
+    os.environ[_USER_FULL_ERROR] = "1" if full_trace_wanted() else ""  # DDP ranks inherit the user's choice
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return main()
     except Exception as e:
-        if full_error or not is_user_error(e):
+        if full_trace_wanted() or not is_user_error(e):
             raise
-        message = describe(e, conf_dir, config_name)
-        remove_empty_run_dir()
-        print(f"flmk: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        _stop(e, conf_dir, config_name)
     finally:
-        if saved is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def hydra_cli(conf_dir: str, config_name: str) -> Callable:
+    """``@hydra.main`` for flmk's entry points, with :func:`run_cli`'s handling of user errors.
+
+    Errors inside the job stop it right there (before Hydra reports a failed job); config errors
+    found while composing are caught around Hydra.
+    """
+    import hydra
+
+    def decorate(task: Callable) -> Callable:
+        @functools.wraps(task)
+        def job(cfg):
+            try:
+                return task(cfg)
+            except Exception as e:
+                if full_trace_wanted() or not is_user_error(e):
+                    raise
+                _stop(e, conf_dir, config_name)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=conf_dir, config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> object:
+            return run_cli(hydra_main, conf_dir, config_name)
+
+        return main
+
+    return decorate

@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, write_results
 from flmk.ddp import job_scope
+from flmk.errors import hydra_cli
 from flmk.models.module import NonFiniteLossError
+from flmk.options import check_options
 
 log = logging.getLogger("flmk.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -28,6 +30,11 @@ def runtime_choice(group: str) -> str | None:
     if not HydraConfig.initialized():
         return None
     return HydraConfig.get().runtime.choices.get(group)
+
+
+def command_line() -> list[str]:
+    """This job's overrides (a sweep's expanded per job), empty outside a Hydra run."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -99,6 +106,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     with open_dict(cfg):
         cfg.row = runtime_choice("ablation") or cfg.get("row")
+    check_options(cfg, CONF_DIR, runtime_choice("ablation"), command_line())
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.prepare_data()
@@ -124,14 +132,16 @@ def train(cfg: DictConfig) -> dict:
     trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     results = getattr(module, "test_results", {})
     if trainer.is_global_zero and results:
-        write_results(out_dir, results, run_meta(cfg, out_dir))
+        write_results(out_dir, results, run_meta(cfg, out_dir) | {"divergence": getattr(module, "divergence", None)})
         print_results(results, title=f"{cfg.model.name} on {cfg.data.name}" + (f" [{cfg.row}]" if cfg.row else ""),
                       out_dir=out_dir)
+        if getattr(module, "divergence", None):
+            print(f"WARNING: the run diverged: {module.divergence}")
         log_test_media(loggers, out_dir, module, dm)
     return {k: v["metrics"] for k, v in results.items()}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_cli(CONF_DIR, "train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
     with job_scope(Path(cfg.paths.output_dir)):

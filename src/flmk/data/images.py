@@ -73,3 +73,88 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         raise OSError(f"could not write {tmp}")
     os.replace(tmp, path)
     return path
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def _check(path: Path) -> tuple[int, int] | str:
+    try:
+        return verify_image(path)
+    except ImageError as e:
+        return e.problem
+
+
+def verify_images(paths, cache_dir: str | Path | None = None, workers: int | None = None) -> dict[Path, tuple[int, int] | str]:
+    """Every image decoded once, in parallel: path -> (width, height), or the problem (a string).
+
+    Images that passed before are remembered per folder in ``<cache_dir>/verified/<hash>.json`` under
+    their size and mtime, so a second run reads no pixel of an unchanged image.
+    """
+    import hashlib
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    by_folder: dict[Path, list[Path]] = {}
+    for p in dict.fromkeys(Path(p) for p in paths):
+        by_folder.setdefault(p.parent, []).append(p)
+    store = Path(cache_dir) / "verified" if cache_dir is not None else None
+    results: dict[Path, tuple[int, int] | str] = {}
+    todo: list[tuple[Path, str | None]] = []
+    known: dict[Path, dict] = {}
+    def shard(folder: Path) -> Path:
+        return store / f"{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
+
+    for folder, files in by_folder.items():
+        shard_file = shard(folder) if store is not None else None
+        known[folder] = json.loads(shard_file.read_text()) if shard_file is not None and shard_file.exists() else {}
+        for p in files:
+            stamp = _stamp(p) if p.is_file() else None
+            hit = known[folder].get(p.name)
+            if stamp is not None and hit and hit[0] == stamp:
+                results[p] = (hit[1], hit[2])
+            else:
+                todo.append((p, stamp))
+    with ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        for (p, stamp), result in zip(todo, pool.map(_check, [p for p, _ in todo])):
+            results[p] = result
+            if stamp is not None and not isinstance(result, str):
+                known[p.parent][p.name] = [stamp, *result]
+    if store is not None and todo:
+        store.mkdir(parents=True, exist_ok=True)
+        for folder in {p.parent for p, _ in todo}:
+            text = json.dumps(known[folder])
+            write_atomic(shard(folder), lambda tmp, text=text: tmp.write_text(text))
+    return results
+
+
+MAX_LISTED = 20  # bad files named in an error; the count is always complete
+
+
+class BadFilesError(FlmkUserError):
+    """Faces whose image is unreadable or whose points lie far outside it, found before training."""
+
+    def __init__(self, problems: list[str], total: int):
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        super().__init__(f"{len(problems)} of {total} faces have bad files (data.skip_bad=true trains without them; "
+                         f"`python -m flmk.data.check` checks a dataset):\n  {listed}{more}")
+        self.problems = problems
+
+
+def bad_records(records, cache_dir: str | Path | None = None) -> dict[int, str]:
+    """id(record) -> problem, for faces whose image does not decode or whose points lie far outside it."""
+    from flmk.data.records import far_outside
+
+    checked = verify_images([r.image for r in records], cache_dir)
+    bad = {}
+    for r in records:
+        result = checked[Path(r.image)]
+        if isinstance(result, str):
+            bad[id(r)] = f"image {r.image}: {result}"
+        elif len(idx := far_outside(r.points, result)):
+            bad[id(r)] = (f"{r.source or r.image}: point(s) {idx[:10].tolist()} (0-based) lie far outside the "
+                          f"{result[0]}x{result[1]} image {Path(r.image).name}")
+    return bad

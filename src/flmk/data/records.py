@@ -100,6 +100,10 @@ class AnnotationError(FlmkUserError, ValueError):
         self.path, self.line, self.problem = str(path), line, problem
 
 
+class EmptySplitError(FlmkUserError, ValueError):
+    """A split whose folders or lists hold no face; the message names where the reader looked."""
+
+
 def check_points(points: np.ndarray, num_points: int | None, path: Path | str, line: int | None = None) -> np.ndarray:
     """``points`` if they are ``num_points`` finite (x, y) pairs, else an AnnotationError naming file and line."""
     points = np.asarray(points, dtype=np.float64)

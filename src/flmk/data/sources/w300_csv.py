@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.records import AnnotationError, FaceRecord, check_points
+from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord, check_points
 from flmk.data.sources.common import check_split, require
 from flmk.layouts import get_layout
 
@@ -33,6 +33,7 @@ CSV_LAYOUT_DOC = """\
   <csv_dir>/face_landmarks_300w_{train,valid_common,valid_challenge,valid,test}.csv
   <root>/<image_name> for every row (afw/, helen/, lfpw/, ibug/, Test/01_Indoor, ...)"""
 
+CSV_HINT = "Point data.csv_dir at the folder of the CSVs, e.g. `python -m flmk.train data=300w_csv data.csv_dir=/path/to/csvs`."
 HRNET_BOX_UNIT = 200.0  # HRNet: scale = box side / 200
 
 
@@ -61,7 +62,10 @@ class W300CsvSource:
 
     def read(self, split: str) -> list[FaceRecord]:
         check_split(self.name, split, self.splits())
-        path = require(self.csv_dir / self.split_files[split], self.name, CSV_LAYOUT_DOC, self.how_to_obtain)
+        require(self.root, self.name, CSV_LAYOUT_DOC, self.how_to_obtain)
+        path = self.csv_dir / self.split_files[split]
+        if not path.exists():
+            raise DatasetNotFoundError(self.name, path, CSV_LAYOUT_DOC, self.how_to_obtain, hint=CSV_HINT)
         with path.open(newline="") as fh:
             rows = list(csv.reader(fh))
         if not rows or rows[0][:4] != ["image_name", "scale", "center_w", "center_h"]:
