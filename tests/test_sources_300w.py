@@ -82,7 +82,7 @@ def test_scan_collects_missing_images_and_read_stops():
     records, problems = ibug_source().scan("challenging")
     assert len(records) == 10 and len(problems) == 125  # only the 10 smallest images are in the fixtures
     assert {p.kind for p in problems} == {"image"}
-    with pytest.raises(ImageError, match=r"image_\d+_?\d*\.\*: no image beside .*\(and 124 more problems"):
+    with pytest.raises(ImageError, match=r"image_\d+_?\d*\.pts: image does not exist: none beside this .pts .*\(and 124 more problems"):
         ibug_source().read("challenging")
 
 

@@ -13,13 +13,14 @@ from PIL import Image
 from flmk.errors import FlmkUserError
 
 JPEG_EOI = b"\xff\xd9"
+IMAGE_MISSING = "image does not exist"
 
 
 class ImageError(FlmkUserError, OSError):
     """A missing, unreadable, truncated or corrupt image; the message names the file."""
 
     def __init__(self, path: Path | str, problem: str):
-        super().__init__(f"image {path}: {problem}")
+        super().__init__(f"{path}: {problem}")
         self.path, self.problem = str(path), problem
 
 
@@ -27,7 +28,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """RGB uint8 image; ImageError naming the file when it is missing or not a readable image."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ImageError(path, "does not exist" if not Path(path).exists() else "is not a readable image")
+        raise ImageError(path, IMAGE_MISSING if not Path(path).exists() else "not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -46,7 +47,7 @@ def verify_image(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(path, "does not exist")
+        raise ImageError(path, IMAGE_MISSING)
     try:
         with Image.open(path) as im:
             fmt = im.format
@@ -55,9 +56,9 @@ def verify_image(path: str | Path) -> tuple[int, int]:
             im.load()
             size = im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(path, f"is truncated or not a readable image ({e})") from None
+        raise ImageError(path, f"truncated or not a readable image ({e})") from None
     if fmt == "JPEG" and not _jpeg_complete(path):
-        raise ImageError(path, "is a truncated JPEG (no end-of-image marker)")
+        raise ImageError(path, "truncated JPEG (no end-of-image marker)")
     return size
 
 
@@ -153,7 +154,7 @@ def bad_records(records, cache_dir: str | Path | None = None) -> dict[int, str]:
     for r in records:
         result = checked[Path(r.image)]
         if isinstance(result, str):
-            bad[id(r)] = f"image {r.image}: {result}"
+            bad[id(r)] = f"{r.image}: {result}"
         elif len(idx := far_outside(r.points, result)):
             bad[id(r)] = (f"{r.source or r.image}: point(s) {idx[:10].tolist()} (0-based) lie far outside the "
                           f"{result[0]}x{result[1]} image {Path(r.image).name}")

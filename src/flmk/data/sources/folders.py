@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.images import ImageError
+from flmk.data.images import IMAGE_MISSING, ImageError
 from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
 from flmk.data.sources.pts import read_pts
 from flmk.layouts import get_layout
@@ -34,6 +34,7 @@ W300_SPLITS: dict[str, list[str]] = {
     "indoor": ["300W/01_Indoor"],
     "outdoor": ["300W/02_Outdoor"],
 }
+OPTIONAL_SPLITS = ("private", "indoor", "outdoor")  # the 300W private test set is released separately
 
 W300_LAYOUT_DOC = """\
   <root>/afw/*.jpg + .pts
@@ -48,7 +49,7 @@ def find_image(pts_path: Path) -> Path:
         cand = pts_path.with_suffix(suffix)
         if cand.exists():
             return cand
-    raise ImageError(pts_path.with_suffix(".*"), f"no image beside {pts_path.name} "
+    raise ImageError(pts_path, f"{IMAGE_MISSING}: none beside this .pts "
                      f"(looked for {', '.join(pts_path.stem + s for s in IMAGE_SUFFIXES)})")
 
 
@@ -80,6 +81,7 @@ class PtsFolderSource:
         self.how_to_obtain = how_to_obtain
         self.expected_layout = expected_layout
         self.recursive = recursive
+        self.optional_splits = [s for s in OPTIONAL_SPLITS if s in self.split_dirs]  # absent: noted, not a problem
 
     def splits(self) -> list[str]:
         return list(self.split_dirs)

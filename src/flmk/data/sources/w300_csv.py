@@ -53,6 +53,7 @@ class W300CsvSource:
         self.root = Path(root).expanduser()
         self.csv_dir = Path(csv_dir).expanduser() if csv_dir is not None else self.root
         self.split_files = dict(splits or HRNET_CSVS)
+        self.optional_splits = ["private"] if "private" in self.split_files else []  # the private test set's CSV
         self.layout = str(layout)
         self.name = name
         self.how_to_obtain = how_to_obtain
