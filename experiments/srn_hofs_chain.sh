@@ -4,6 +4,8 @@
 #   3. fine-tune the tracker without occlusion augmentation, with RSF and with HOFS (experiment=srn/table9).
 # Usage: bash experiments/srn_hofs_chain.sh <out_dir> [seconds per stage]
 set -eu
+source "$(dirname "$0")/require_gpu.sh"
+require_gpu cpu-ok
 OUT=${1:-runs}/srn_table9
 S=${2:-60}
 PY=${PY:-python3}
@@ -16,10 +18,12 @@ SRN="$OUT/1_srn/checkpoints/best.ckpt"
 "$PY" -m flmk.train experiment=srn/hofs data=synthetic_video trainer.max_steps=400 "model.module_kwargs.srn_ckpt=$SRN" \
   model.module_kwargs.target_sync=100 "${COMMON[@]}" hydra.run.dir="$OUT/2_hofs" > "$OUT/2_hofs.log" 2>&1
 HOFS=$(ls "$OUT"/2_hofs/checkpoints/last.ckpt)
+pids=()
 for row in track_none track_rsf track_hofs; do  # the three rows side by side, as in synthetic_tables.sh
   "$PY" -m flmk.train -m experiment=srn/table9 ablation=srn/$row data=synthetic_video trainer.max_steps=-1 \
     trainer.max_epochs=20 "model.net.srn_ckpt=$SRN" "model.net.hofs_ckpt=$HOFS" "${COMMON[@]}" \
     hydra.sweep.dir="$OUT/3_table9/$row" > "$OUT/3_table9_$row.log" 2>&1 &
+  pids+=($!)
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed row fails the script
 "$PY" -m flmk.report "$OUT/3_table9" > "$OUT/report.log" 2>&1

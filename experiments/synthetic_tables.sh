@@ -9,6 +9,8 @@
 #   Hourglass models (CCDN, HM1D) run with 2 stacks, and HM1D at 128 px, lr 1e-3, so that a short schedule gets
 #   past the mean-shape / flat-heatmap start.
 set -u
+source "$(dirname "$0")/require_gpu.sh"
+require_gpu cpu-ok
 OUT=${1:-runs}
 ROW_S=${2:-60}
 shift $(($# > 2 ? 2 : $#))
@@ -16,8 +18,9 @@ TABLES=${*:-odn aodn srn ccdn hm1d}
 TABLES=$(echo " $TABLES " | sed -e 's/ odn / odn_table4 /; s/ aodn / aodn_table5 /; s/ srn / srn_table7 srn_table8 /' \
   -e 's/ ccdn / ccdn_table6 ccdn_table7 /; s/ hm1d / hm1d_table1 hm1d_fig3 hm1d_table2 /')
 PY=${PY:-python3}
-NGPU=$(nvidia-smi -L | wc -l)
+NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU'); [ "$NGPU" -gt 0 ] || NGPU=1
 mkdir -p "$OUT"
+FAILED="$OUT/FAILED_ROWS"; rm -f "$FAILED"  # one line per failed row or report: the exit status comes from it
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2
         ${EXTRA:-} "trainer.max_time='$(printf '00:%02d:%02d:%02d' $((ROW_S / 3600)) $((ROW_S % 3600 / 60)) $((ROW_S % 60)))'" trainer.enable_model_summary=false)
@@ -31,7 +34,7 @@ rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one b
     mkdir -p "$OUT/$dir/${row##*/}"
     CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m experiment="$exp" ablation="$row" "$@" "${COMMON[@]}" \
       hydra.sweep.dir="$OUT/$dir/${row##*/}" > "$OUT/$dir/${row##*/}/sweep.log" 2>&1 \
-      || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" &
+      || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" | tee -a "$FAILED" &
     n=$((n + 1))
   done
 }
@@ -60,9 +63,10 @@ hm1d_fig3) rows hm1d_fig3 hm1d/fig3_gamma \
   "${HM1D[@]}" trainer.max_epochs=30 "++model.scheduler.milestones=[22,27]" ;;
 hm1d_table2) rows hm1d_table2 hm1d/table2_lambda hm1d/lambda_0_0,hm1d/lambda_0_3 data=synthetic_video ++model.crop_size=128 \
   ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=60 ;;
-*) echo "unknown table $t"; exit 2 ;;
+*) echo "unknown table $t" >&2; exit 2 ;;
 esac; done
 wait
 for d in "$OUT"/*/; do
-  "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || echo "report $d failed"
+  "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || echo "report $d failed (see $d/report.log)" | tee -a "$FAILED"
 done
+if [ -s "$FAILED" ]; then echo "$(wc -l < "$FAILED") row(s) or report(s) failed: see $FAILED" >&2; exit 1; fi

@@ -28,6 +28,10 @@ class OptionError(FlmkUserError, ValueError):
     """A config option whose value, or combination with another, flmk cannot run with."""
 
 
+class InputNotFoundError(FlmkUserError, FileNotFoundError):
+    """A file or folder the user named is missing, or holds nothing flmk can use."""
+
+
 def closest(word: str, candidates, n: int = 3) -> list[str]:
     """The candidates that look most like ``word`` (difflib's ratio, best first)."""
     return difflib.get_close_matches(word, [str(c) for c in candidates], n=n, cutoff=0.5)
