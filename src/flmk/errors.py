@@ -129,12 +129,14 @@ def remove_empty_run_dir() -> Path | None:
     if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
         return None
     shutil.rmtree(out)
-    parent = out.parent  # a multirun's folder left with only multirun.yaml, then the date folder if empty
+    parent = out.parent  # a multirun's folder left with only multirun.yaml, then folders left empty (date, outputs/)
     if parent.is_dir() and [p.name for p in parent.iterdir()] == ["multirun.yaml"]:
         shutil.rmtree(parent)
         parent = parent.parent
-    if parent.is_dir() and not any(parent.iterdir()):
+    cwd = Path.cwd().resolve()
+    while parent.is_dir() and parent.resolve() != cwd and cwd in parent.resolve().parents and not any(parent.iterdir()):
         parent.rmdir()
+        parent = parent.parent
     return out
 
 
