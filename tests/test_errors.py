@@ -32,8 +32,9 @@ def flmk(tmp_path: Path, *args: str, module: str = "flmk.train", env: dict | Non
     """``python -m <module> args`` in an empty folder ``tmp_path/cwd``; its outputs/ must stay empty."""
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FLMK_DATA": str(tmp_path / "data"), **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None) if "HYDRA_FULL_ERROR" not in (env or {}) else None
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FLMK_DATA": str(tmp_path / "data")}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=300)
 

@@ -8,6 +8,7 @@ full trace instead; any other exception keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
@@ -128,15 +129,16 @@ def remove_empty_run_dir() -> Path | None:
     out = Path(HydraConfig.get().runtime.output_dir)
     if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
         return None
-    shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)  # DDP ranks failing together may race here
     parent = out.parent  # a multirun's folder left with only multirun.yaml, then folders left empty (date, outputs/)
     if parent.is_dir() and [p.name for p in parent.iterdir()] == ["multirun.yaml"]:
-        shutil.rmtree(parent)
+        shutil.rmtree(parent, ignore_errors=True)
         parent = parent.parent
     cwd = Path.cwd().resolve()
-    while parent.is_dir() and parent.resolve() != cwd and cwd in parent.resolve().parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
+    with contextlib.suppress(OSError):
+        while parent.is_dir() and cwd in parent.resolve().parents and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
     return out
 
 

@@ -213,4 +213,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+    sys.exit(run_cli(cli, str(Path(__file__).resolve().parents[3] / "conf"), "train"))
