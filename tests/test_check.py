@@ -76,3 +76,27 @@ def test_cli_composes_a_source_config(broken_300w, tmp_path, capsys):
                    "--out", str(tmp_path / "cli"), "--faces", "2"])
     assert report["sources"]["300W"]["splits"]["challenging"]["malformed"] == 1
     assert "bad.pts, line 6" in capsys.readouterr().out
+
+
+def test_partial_300vw_copy_is_checked_video_by_video(synthetic_video_root, tmp_path):
+    from flmk.data.sources.vw300 import Vw300Source
+
+    present = sorted(p.parent.name for p in synthetic_video_root.glob("*/annot"))
+    source = Vw300Source(synthetic_video_root, splits={"train": [*present, "999"]}, frames_dir=tmp_path / "frames")
+    report = check_sources({"300vw": source}, tmp_path / "out", faces=2)
+    train = report["sources"]["300vw"]["splits"]["train"]
+    assert train["missing_videos"] == 1 and train["missing_videos_examples"] == ["999"]
+    assert train["count"] == sum(len(list((synthetic_video_root / v / "annot").glob("*.pts"))) for v in present) > 0
+    assert train["problems"] == 1 and "absent videos: 999" in format_report(report)
+    assert (tmp_path / "out" / "faces_300vw.png").exists()
+
+
+def test_doctor_exit_status(broken_300w, tmp_path):
+    from flmk.data.check import cli
+
+    args = ["+source=300w", "+source.splits={challenging: [ibug]}", "--out", str(tmp_path / "o")]
+    assert cli([f"source.root={broken_300w}", *args]) == 1
+    for name in ("lost", "bad", "corrupt", "outside"):
+        for f in broken_300w.glob(f"ibug/{name}.*"):
+            f.unlink()
+    assert cli([f"source.root={broken_300w}", *args]) == 0

@@ -111,20 +111,20 @@ class LandmarkModule(pl.LightningModule):
         try:
             terms = self.loss(outputs, batch, self.net)
         except torch.linalg.LinAlgError as e:  # an SVD / solve inside a loss term fails on non-finite input
-            raise self._non_finite(f"not finite ({str(e).splitlines()[0]})") from e
+            raise self._non_finite("not finite", f" ({str(e).splitlines()[0]})") from e
         loss = terms["loss"]
         if not torch.isfinite(loss):
             values = {k: float(v.detach()) for k, v in terms.items()}
-            raise self._non_finite(f"{float(loss)} (terms: {values})")
+            raise self._non_finite(f"{float(loss)}", f" (terms: {values})")
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=bs,
                       sync_dist=False)
         self.log("train_loss", loss.detach(), prog_bar=True, batch_size=bs, logger=False)
         return loss
 
-    def _non_finite(self, what: str) -> NonFiniteLossError:
+    def _non_finite(self, value: str, detail: str) -> NonFiniteLossError:
         return NonFiniteLossError(
-            f"loss is {what} at epoch {self.current_epoch}, step {self.global_step}. "
+            f"loss is {value} at epoch {self.current_epoch}, step {self.global_step}{detail}. "
             "Training stopped; checkpoints written before this step are untouched. Lower the learning rate "
             "or enable gradient clipping (trainer.gradient_clip_val)."
         )
