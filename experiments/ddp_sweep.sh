@@ -3,6 +3,8 @@
 # the same two rows on one GPU for comparison).
 # Usage: bash experiments/ddp_sweep.sh <out_dir> [compare]
 set -u
+source "$(dirname "$0")/require_gpu.sh"
+require_gpu
 OUT=${1:-runs}/ddp
 COMPARE=${2:-0}
 PY=${PY:-python3}
@@ -19,4 +21,5 @@ CUDA_VISIBLE_DEVICES=0 "$PY" -m flmk.train -m "${ARGS[@]}" trainer=gpu hydra.swe
 echo "1-GPU sweep: exit $?, wall $((SECONDS - start)) s"
 fi
 grep -hE "Initializing distributed|distributed_backend|All distributed|Starting with" "$OUT/ddp.log" | sort | uniq -c
-for d in "$OUT"/ddp "$OUT"/single; do [ -d "$d" ] && "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1; done
+for d in "$OUT"/ddp "$OUT"/single; do [ -d "$d" ] && { "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || rc=1; }; done
+exit $rc

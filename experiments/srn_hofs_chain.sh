@@ -7,6 +7,8 @@
 # Usage: bash experiments/srn_hofs_chain.sh <out_dir> [wall-clock cap per stage in seconds, 0 = none (default)]
 #   EPOCHS_SRN (30), HOFS_STEPS (400), EPOCHS_ROW (20) set the budgets; EXTRA="key=value ..." adds overrides.
 set -eu
+source "$(dirname "$0")/require_gpu.sh"
+require_gpu cpu-ok
 OUT=${1:-runs}/srn_table9
 S=${2:-0}
 PY=${PY:-python3}
@@ -22,10 +24,12 @@ SRN="$OUT/1_srn/checkpoints/best.ckpt"
   "model.module_kwargs.srn_ckpt=$SRN" model.module_kwargs.target_sync=100 "${COMMON[@]}" hydra.run.dir="$OUT/2_hofs" \
   > "$OUT/2_hofs.log" 2>&1
 HOFS="$OUT/2_hofs/checkpoints/last.ckpt"  # stage 1 has no validation: its last checkpoint is the policy
+pids=()
 for row in track_none track_rsf track_hofs; do  # the three rows side by side, as in synthetic_tables.sh
   "$PY" -m flmk.train -m experiment=srn/table9 ablation=srn/$row data=synthetic_video trainer.max_steps=-1 \
     trainer.max_epochs=${EPOCHS_ROW:-20} "model.net.srn_ckpt=$SRN" "model.net.hofs_ckpt=$HOFS" "${COMMON[@]}" \
     hydra.sweep.dir="$OUT/3_table9/$row" > "$OUT/3_table9_$row.log" 2>&1 &
+  pids+=($!)
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed row fails the script
 "$PY" -m flmk.report "$OUT/3_table9" > "$OUT/report.log" 2>&1

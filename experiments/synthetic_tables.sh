@@ -12,6 +12,8 @@
 #   past the mean-shape / flat-heatmap start. Trackers fine-tune a pre-trained detector: hm1d_table2 first trains
 #   it on the stills ($OUT/prerequisites/hm1d_detector), then its rows start from that checkpoint.
 set -u
+source "$(dirname "$0")/require_gpu.sh"
+require_gpu cpu-ok
 OUT=${1:-runs}
 ROW_S=${2:-0}
 SEEDS=${SEEDS:-0,1,2}
@@ -20,8 +22,9 @@ TABLES=${*:-odn aodn srn ccdn hm1d}
 TABLES=$(echo " $TABLES " | sed -e 's/ odn / odn_table4 /; s/ aodn / aodn_table5 /; s/ srn / srn_table7 srn_table8 /' \
   -e 's/ ccdn / ccdn_table6 ccdn_table7 /; s/ hm1d / hm1d_table1 hm1d_fig3 hm1d_table2 /')
 PY=${PY:-python3}
-NGPU=$(nvidia-smi -L | wc -l)
+NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU'); [ "$NGPU" -gt 0 ] || NGPU=1
 mkdir -p "$OUT"
+FAILED="$OUT/FAILED_ROWS"; rm -f "$FAILED"  # one line per failed row or report: the exit status comes from it
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 COMMON=(trainer=${TRAINER:-gpu} logger=csv callbacks.progress_bar=null data.num_workers=2 ${EXTRA:-}
         trainer.enable_model_summary=false)
@@ -38,7 +41,7 @@ rows() {  # rows <table folder> <experiment> <row,row,...> <overrides...>: one b
     mkdir -p "$OUT/$dir/${row##*/}"
     CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train -m experiment="$exp" ablation="$row" seed="$SEEDS" "$@" "${COMMON[@]}" \
       hydra.sweep.dir="$OUT/$dir/${row##*/}" > "$OUT/$dir/${row##*/}/sweep.log" 2>&1 \
-      || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" &
+      || echo "row $dir/$row failed (see $OUT/$dir/${row##*/}/sweep.log)" | tee -a "$FAILED" &
     n=$((n + 1))
   done
 }
@@ -73,15 +76,16 @@ hm1d_table2) (
   mkdir -p "$OUT/prerequisites"
   CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train model=hm1d "${HM1D[@]}" trainer.max_epochs=30 \
     "++model.scheduler.milestones=[22,27]" test=false seed="${SEEDS%%,*}" "${COMMON[@]}" hydra.run.dir="$det" > "$det.log" 2>&1 \
-    || { echo "hm1d detector failed (see $det.log)"; exit 1; }
+    || { echo "hm1d detector failed (see $det.log)" | tee -a "$FAILED"; exit 1; }
   rows hm1d_table2 hm1d/table2_lambda hm1d/lambda_0_0,hm1d/lambda_0_3 data=synthetic_video ++model.crop_size=128 \
     ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=60 "model.net.detector_ckpt=$det/checkpoints/best.ckpt"
   wait ) &
   n=$((n + 1)) ;;
-*) echo "unknown table $t"; exit 2 ;;
+*) echo "unknown table $t" >&2; exit 2 ;;
 esac; done
 wait
 for d in "$OUT"/*/; do
   [ "$(basename "$d")" = prerequisites ] && continue
-  "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || echo "report $d failed"
+  "$PY" -m flmk.report "$d" > "$d/report.log" 2>&1 || echo "report $d failed (see $d/report.log)" | tee -a "$FAILED"
 done
+if [ -s "$FAILED" ]; then echo "$(wc -l < "$FAILED") row(s) or report(s) failed: see $FAILED" >&2; exit 1; fi

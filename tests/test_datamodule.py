@@ -36,7 +36,7 @@ def test_held_out_validation_when_a_dataset_has_none(tmp_path, synthetic_root):
 
 def test_crop_cache_serves_the_same_crops(tmp_path, synthetic_root):
     plain = _dm(tmp_path / "a", synthetic_root)
-    cached = _dm(tmp_path / "b", synthetic_root, "+data.cache=true", f"+data.cache_dir={tmp_path / 'cache'}",
+    cached = _dm(tmp_path / "b", synthetic_root, "data.cache=true", f"data.cache_dir={tmp_path / 'cache'}",
                  "+data.cache_size=128")
     a, b = plain.dataset("val")[1], cached.dataset("val")[1]
     torch.testing.assert_close(a["points"], b["points"])

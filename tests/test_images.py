@@ -40,5 +40,5 @@ def test_read_rgb_names_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="does not exist"):
         read_rgb(tmp_path / "nope.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(OSError, match="bad.jpg is not a readable image"):
+    with pytest.raises(OSError, match="bad.jpg: not a readable image"):
         read_rgb(tmp_path / "bad.jpg")

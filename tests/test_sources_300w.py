@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flmk.data.images import ImageError
 from flmk.data.records import AnnotationError, DatasetNotFoundError
 from flmk.data.sources.menpo import MenpoSource
 from flmk.data.sources.pts import read_pts
@@ -81,7 +82,7 @@ def test_scan_collects_missing_images_and_read_stops():
     records, problems = ibug_source().scan("challenging")
     assert len(records) == 10 and len(problems) == 125  # only the 10 smallest images are in the fixtures
     assert {p.kind for p in problems} == {"image"}
-    with pytest.raises(AnnotationError, match="and 124 more problems"):
+    with pytest.raises(ImageError, match=r"image_\d+_?\d*\.pts: image does not exist: none beside this .pts .*\(and 124 more problems"):
         ibug_source().read("challenging")
 
 

@@ -44,5 +44,5 @@ def test_errors(tf_root, tmp_path_factory):
     with pytest.raises(DatasetNotFoundError, match="franck_NNNNN"):
         TalkingFaceSource(tf_root / "none").read("test")
     write_pts(tf_root / "points" / "franck_00003.pts", np.zeros((5, 2)))
-    with pytest.raises(AnnotationError, match="franck_00003.pts: expected 68 points, got 5"):
+    with pytest.raises(AnnotationError, match="franck_00003.pts, line 2: n_points: 5, the layout expects 68"):
         TalkingFaceSource(tf_root).read("test")

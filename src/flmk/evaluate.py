@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, write_results
+from flmk.errors import hydra_cli
 from flmk.train import CONF_DIR, build_datamodule, build_loggers, build_module, run_meta
 from flmk.visualise import save_maps
 
@@ -64,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return {k: v["metrics"] for k, v in results.items()}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra_cli(CONF_DIR, "evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

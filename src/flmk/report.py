@@ -28,6 +28,7 @@ import yaml
 from scipy.stats import kendalltau
 
 from flmk.data.images import write_atomic
+from flmk.errors import InputNotFoundError, OptionError, run_cli
 from flmk.plots import plot_ced
 from flmk.stats import ALPHA, N_BOOT, image_draws, interval, p_value, per_image_score, seed_draws
 
@@ -86,10 +87,10 @@ def paper_file(table: str | None, explicit: Path | None) -> dict:
     if explicit is not None:
         return yaml.safe_load(Path(explicit).read_text())
     if table is None:
-        raise ValueError("the sweep's runs name no `table`; pass --paper experiments/<paper>/<table>.yaml")
+        raise OptionError("the sweep's runs name no `table`; pass --paper experiments/<paper>/<table>.yaml")
     path = EXPERIMENTS_DIR / f"{table}.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"no paper numbers for table {table!r}: expected {path}")
+        raise InputNotFoundError(f"no paper numbers for table {table!r}: expected {path}")
     return yaml.safe_load(path.read_text())
 
 
@@ -392,7 +393,7 @@ def report(sweep: Path, paper_path: Path | None = None) -> Path:
     sweep = Path(sweep)
     jobs = load_jobs(sweep)
     if not jobs:
-        raise FileNotFoundError(f"{sweep}: no run folders (no */.hydra/config.yaml below it)")
+        raise InputNotFoundError(f"{sweep}: no run folders (no */.hydra/config.yaml below it)")
     paper = paper_file(next((j.table for j in jobs if j.table), None), paper_path)
     rep = build_report(sweep, jobs, paper)
     text, payload = markdown(rep), json.dumps(rep, indent=2) + "\n"
@@ -414,4 +415,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, training_schedule, write_results
 from flmk.ddp import job_scope
+from flmk.errors import hydra_cli
 from flmk.models.module import LandmarkModule, NonFiniteLossError
+from flmk.options import check_options
 from flmk.runstate import SIGTERMException, continue_csv_logs, interrupted_exit, record_resume, resume_argv
 
 log = logging.getLogger("flmk.train")
@@ -40,6 +42,11 @@ def runtime_choice(group: str) -> str | None:
     if not HydraConfig.initialized():
         return None
     return HydraConfig.get().runtime.choices.get(group)
+
+
+def command_line() -> list[str]:
+    """This job's overrides (a sweep's expanded per job), empty outside a Hydra run."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -113,6 +120,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     with open_dict(cfg):
         cfg.row = runtime_choice("ablation") or cfg.get("row")
+    check_options(cfg, CONF_DIR, runtime_choice("ablation"), command_line())
     record_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
@@ -143,14 +151,17 @@ def train(cfg: DictConfig) -> dict:
     trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     results = getattr(module, "test_results", {})
     if trainer.is_global_zero and results:
-        write_results(out_dir, results, run_meta(cfg, out_dir) | {"schedule": schedule})
+        write_results(out_dir, results, run_meta(cfg, out_dir) | {"schedule": schedule,
+                                                                  "divergence": getattr(module, "divergence", None)})
         print_results(results, title=f"{cfg.model.name} on {cfg.data.name}" + (f" [{cfg.row}]" if cfg.row else ""),
                       out_dir=out_dir)
+        if getattr(module, "divergence", None):
+            print(f"WARNING: the run diverged: {module.divergence}")
         log_test_media(loggers, out_dir, module, dm)
     return {k: v["metrics"] for k, v in results.items()}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_cli(CONF_DIR, "train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
     with job_scope(Path(cfg.paths.output_dir)):

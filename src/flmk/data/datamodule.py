@@ -8,6 +8,7 @@ config, not code.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,12 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from flmk.data.cache import CropCache
-from flmk.data.images import read_rgb
-from flmk.data.records import FaceRecord
+from flmk.data.images import BadFilesError, bad_records, read_rgb
+from flmk.data.records import EmptySplitError, FaceRecord
 from flmk.data.sampling import EpochSampler, SampleKey, WorkerInit, sample_rng
 from flmk.data.transforms import (AugmentConfig, FaceTransform, apply_affine, crop_affine, to_chw_uint8,
                                   to_tensor_image)
+from flmk.errors import OptionError
 from flmk.layouts import Layout, get_layout
+
+log = logging.getLogger(__name__)
 
 
 class FaceDataset(Dataset):
@@ -104,6 +108,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         cache_size: int = 256,
         cache_margin: float = 1.0,
         image_dtype: str = "float32",
+        skip_bad: bool = False,
         **_: object,  # config-only keys (data.root, data.<x>_root) that sources interpolate
     ):
         super().__init__()
@@ -137,6 +142,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.stands_for = dict(stands_for or {})
         self.comparable = comparable
         self.cache = CropCache(cache_dir, cache_size, cache_margin) if cache else None
+        self.cache_dir, self.skip_bad = cache_dir, skip_bad
         if cache and not cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir (where the crop store is written)")
         self.image_dtype = image_dtype
@@ -155,10 +161,13 @@ class LandmarkDataModule(pl.LightningDataModule):
     def read(self, spec: str) -> list[FaceRecord]:
         src_name, _, split = spec.partition("/")
         if src_name not in self.sources:
-            raise KeyError(f"split {spec!r}: no source {src_name!r} in data.sources ({', '.join(self.sources)})")
-        records = self.sources[src_name].read(split)
+            raise OptionError(f"split {spec!r}: no source {src_name!r} in data.sources ({', '.join(self.sources)})")
+        source = self.sources[src_name]
+        records = source.read(split)
         if not records:
-            raise ValueError(f"split {spec!r} of {src_name} is empty")
+            folders = getattr(source, "split_dirs", {}).get(split)
+            where = f"{getattr(source, 'root', '?')}" + (f" (looked in {', '.join(folders)})" if folders else "")
+            raise EmptySplitError(f"split {spec!r} is empty: the {source.name} reader found no faces under {where}")
         return records
 
     def prepare_data(self) -> None:
@@ -177,6 +186,21 @@ class LandmarkDataModule(pl.LightningDataModule):
         self.splits = {"train": train, "val": val}
         for name, specs in self.test_specs.items():
             self.splits[f"test/{name}"] = [r for spec in specs for r in self.read(spec)]
+        self.drop_bad_files()
+
+    def drop_bad_files(self) -> None:
+        """Decode every image the run uses before the first epoch: stop on bad ones, or drop them (data.skip_bad)."""
+        records = [r for rs in self.splits.values() for r in rs]
+        bad = bad_records(records, self.cache_dir)
+        if not bad:
+            return
+        if not self.skip_bad:
+            raise BadFilesError(list(dict.fromkeys(bad.values())), len(records))
+        log.warning("data.skip_bad=true: dropped %d of %d faces with bad files", len(bad), len(records))
+        self.splits = {k: [r for r in rs if id(r) not in bad] for k, rs in self.splits.items()}
+        empty = [k for k, rs in self.splits.items() if not rs]
+        if empty:
+            raise BadFilesError([f"split {k}: every face was dropped" for k in empty], len(records))
 
     def hold_out(self, train: list[FaceRecord]) -> tuple[list[FaceRecord], list[FaceRecord]]:
         """A fixed ``val_fraction`` of the training records becomes the validation set."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,11 @@ from flmk.metrics import LandmarkMetrics
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; training stops and the last good checkpoint stays as it was."""
+
+
+# [assume] "diverged": validation NME above DIVERGENCE_FACTOR x the mean shape's for DIVERGENCE_EPOCHS epochs in a row
+DIVERGENCE_FACTOR = 2.0
+DIVERGENCE_EPOCHS = 3
 
 
 def to_original(points: torch.Tensor, affine: torch.Tensor, crop_size: int) -> torch.Tensor:
@@ -105,6 +111,8 @@ class LandmarkModule(pl.LightningModule):
         if mean_shape is not None:
             self.set_mean_shape(mean_shape)
         self.val_metric = self._metric()
+        self.val_mean_metric = self._metric()  # the mean shape's validation NME: the divergence yardstick
+        self.epochs_above_mean, self.divergence = 0, None
         self.test_metrics = nn.ModuleList()
         self.mean_shape_metrics = nn.ModuleList()
         self.test_results: dict[str, dict] = {}
@@ -130,15 +138,14 @@ class LandmarkModule(pl.LightningModule):
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
         outputs = self.net(batch["image"], points=batch["points"]) if self.net_takes_points else self.net(batch["image"])
-        terms = self.loss(outputs, batch, self.net)
+        try:
+            terms = self.loss(outputs, batch, self.net)
+        except torch.linalg.LinAlgError as e:  # an SVD / solve inside a loss term fails on non-finite input
+            raise self._non_finite("not finite", f" ({str(e).splitlines()[0]})") from e
         loss = terms["loss"]
         if not torch.isfinite(loss):
             values = {k: float(v.detach()) for k, v in terms.items()}
-            raise NonFiniteLossError(
-                f"loss is {float(loss)} at epoch {self.current_epoch}, step {self.global_step} (terms: {values}). "
-                "Training stopped; checkpoints written before this step are untouched. Lower the learning rate "
-                "or enable gradient clipping (trainer.gradient_clip_val)."
-            )
+            raise self._non_finite(f"{float(loss)}", f" (terms: {values})")
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=bs,
                       sync_dist=False)
@@ -148,6 +155,13 @@ class LandmarkModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+
+    def _non_finite(self, value: str, detail: str) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"loss is {value} at epoch {self.current_epoch}, step {self.global_step}{detail}. "
+            "Training stopped; checkpoints written before this step are untouched. Lower the learning rate "
+            "or enable gradient clipping (trainer.gradient_clip_val)."
+        )
 
     # -- evaluation --------------------------------------------------------------------------------
     def predict_eval(self, image: torch.Tensor) -> dict:
@@ -179,12 +193,29 @@ class LandmarkModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         batch, outputs = flatten_clips(batch, self.predict_eval(batch["image"]))
         self._update(self.val_metric, batch, outputs["points"])
+        if torch.isfinite(self.mean_shape).all():
+            self._update(self.val_mean_metric, batch, self.mean_shape.expand_as(batch["points"]))
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metric.compute()
         self.val_metric.reset()
+        if self.val_mean_metric.update_called:
+            mean_nme = float(self.val_mean_metric.compute()[self.primary_nme])
+            self.val_mean_metric.reset()
+            if not self.trainer.sanity_checking:
+                self._watch_divergence(float(result[self.primary_nme]), mean_nme)
         self.log_dict({f"val/{k}": float(v) for k, v in result.items() if k != "count"}, sync_dist=False)
         self.log("val/nme", float(result[self.primary_nme]), prog_bar=True)
+
+    def _watch_divergence(self, nme: float, mean_nme: float) -> None:
+        """Warn once the validation NME stays far above the mean shape's (see DIVERGENCE_FACTOR)."""
+        above = not math.isfinite(nme) or nme > DIVERGENCE_FACTOR * mean_nme
+        self.epochs_above_mean = self.epochs_above_mean + 1 if above else 0
+        if self.epochs_above_mean >= DIVERGENCE_EPOCHS and self.divergence is None:
+            self.divergence = (f"validation {self.primary_nme} {100 * nme:.4g}% stayed above {DIVERGENCE_FACTOR:g}x the "
+                               f"mean shape's {100 * mean_nme:.2f}% for {DIVERGENCE_EPOCHS} epochs (epoch {self.current_epoch}); "
+                               "lower the learning rate")
+            warnings.warn(f"training diverges: {self.divergence}", stacklevel=1)
 
     def on_test_start(self) -> None:
         names = self.test_names or ["test"]

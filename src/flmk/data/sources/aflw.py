@@ -70,6 +70,9 @@ class AflwSource:
         for key, arr, cols in (("data", data, 2 * k), ("bbox", bbox, 4), ("mask_new", mask, k)):
             if arr.shape != (n, cols):
                 raise AnnotationError(path, None, f"{key}: expected ({n}, {cols}) for {n} names, got {arr.shape}")
+        bad = np.flatnonzero(~np.isfinite(data).all(axis=1))
+        if len(bad):
+            raise AnnotationError(path, None, f"data: non-finite coordinates in row(s) {(bad[:10] + 1).tolist()} (1-based)")
         order = np.asarray(mat["ra"]).astype(np.int64).ravel() - 1
         if sorted(order.tolist()) != list(range(n)):
             raise AnnotationError(path, None, f"ra: expected a 1-based permutation of 1..{n}")

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from flmk.data.images import write_atomic
-from flmk.data.records import AnnotationError, FaceRecord
+from flmk.data.records import AnnotationError, FaceRecord, check_points
 from flmk.data.sources.common import check_split, file_stamp, load_mat, require
 
 COFW_URL = "http://www.vision.caltech.edu/xpburgos/ICCV13/ (COFW_train_color.mat, COFW_test_color.mat)"
@@ -118,6 +118,9 @@ class CofwSource:
             raise AnnotationError(mat_path, None, f"{phis_var}: expected (faces, {3 * n}) = 29 x, 29 y, 29 occlusion flags, got {phis.shape}")
         if boxes.shape != (len(phis), 4):
             raise AnnotationError(mat_path, None, f"{boxes_var}: expected ({len(phis)}, 4) x y w h boxes, got {boxes.shape}")
+        bad = np.flatnonzero(~np.isfinite(phis[:, : 2 * n]).all(axis=1))
+        if len(bad):
+            raise AnnotationError(mat_path, None, f"{phis_var}: non-finite coordinates in row(s) {(bad[:10] + 1).tolist()} (1-based)")
         images = self.image_paths(split)
         if len(images) != len(phis):
             raise AnnotationError(mat_path, None, f"{len(images)} images for {len(phis)} faces")
@@ -177,6 +180,7 @@ class Cofw68Source:
             points, occ = np.asarray(mat["Points"], dtype=np.float64), np.asarray(mat["Occ"]).reshape(-1)
             if points.shape != (68, 2) or occ.shape != (68,):
                 raise AnnotationError(path, None, f"expected Points 68x2 and Occ 1x68, got {points.shape} and {occ.shape}")
+            check_points(points, 68, path)
             records.append(
                 FaceRecord(
                     image=images[i - 1],

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flmk.data.images import IMAGE_MISSING, ImageError
 from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
 from flmk.data.sources.pts import read_pts
+from flmk.layouts import get_layout
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
@@ -32,6 +34,7 @@ W300_SPLITS: dict[str, list[str]] = {
     "indoor": ["300W/01_Indoor"],
     "outdoor": ["300W/02_Outdoor"],
 }
+OPTIONAL_SPLITS = ("private", "indoor", "outdoor")  # the 300W private test set is released separately
 
 W300_LAYOUT_DOC = """\
   <root>/afw/*.jpg + .pts
@@ -46,9 +49,8 @@ def find_image(pts_path: Path) -> Path:
         cand = pts_path.with_suffix(suffix)
         if cand.exists():
             return cand
-    raise FileNotFoundError(
-        f"{pts_path}: no image beside it (looked for {', '.join(pts_path.stem + s for s in IMAGE_SUFFIXES)})"
-    )
+    raise ImageError(pts_path, f"{IMAGE_MISSING}: none beside this .pts "
+                     f"(looked for {', '.join(pts_path.stem + s for s in IMAGE_SUFFIXES)})")
 
 
 def read_visibility(path: Path, n: int) -> np.ndarray:
@@ -74,10 +76,12 @@ class PtsFolderSource:
         self.root = Path(root).expanduser()
         self.split_dirs = {k: list(v) for k, v in (splits or W300_SPLITS).items()}
         self.layout = str(layout)
+        self.num_points: int | None = get_layout(self.layout).num_points  # a .pts with another count is an error
         self.name = name
         self.how_to_obtain = how_to_obtain
         self.expected_layout = expected_layout
         self.recursive = recursive
+        self.optional_splits = [s for s in OPTIONAL_SPLITS if s in self.split_dirs]  # absent: noted, not a problem
 
     def splits(self) -> list[str]:
         return list(self.split_dirs)
@@ -96,7 +100,7 @@ class PtsFolderSource:
                 )
             pts_files = sorted(folder.rglob("*.pts") if self.recursive else folder.glob("*.pts"))
             for pts_path in pts_files:
-                points = read_pts(pts_path)
+                points = read_pts(pts_path, self.num_points)
                 vis_path = pts_path.with_suffix(".vis")
                 visible = read_visibility(vis_path, len(points)) if vis_path.exists() else None
                 records.append(

@@ -28,6 +28,7 @@ class MenpoSource(W300Source):
         super().__init__(
             root, name=name, layout="68", recursive=True, expected_layout=MENPO_LAYOUT_DOC, how_to_obtain=MENPO_URL, **kwargs
         )
+        self.num_points = None  # 39-point profile faces are read, then left out
         self.skipped = 0
 
     def scan(self, split: str) -> tuple[list[FaceRecord], list[Problem]]:

@@ -23,8 +23,12 @@ from flmk.data.records import AnnotationError
 _NPOINTS = re.compile(r"^\s*n_points\s*:\s*(\d+)\s*$")
 
 
-def read_pts(path: str | Path) -> np.ndarray:
-    """Read a .pts file into an (N, 2) float64 array of 0-based x, y."""
+def read_pts(path: str | Path, num_points: int | None = None) -> np.ndarray:
+    """Read a .pts file into an (N, 2) float64 array of 0-based x, y.
+
+    With ``num_points`` (the layout's), a header or body with another count is an AnnotationError;
+    so is a NaN or infinite coordinate.
+    """
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -35,7 +39,7 @@ def read_pts(path: str | Path) -> np.ndarray:
     for i, line in enumerate(lines):
         m = _NPOINTS.match(line)
         if m:
-            n = int(m.group(1))
+            n, header_line = int(m.group(1)), i + 1
         if line.strip() == "{":
             start = i + 1
             break
@@ -43,6 +47,8 @@ def read_pts(path: str | Path) -> np.ndarray:
         raise AnnotationError(path, None, "no 'n_points: N' header line")
     if start is None:
         raise AnnotationError(path, None, "no opening '{' line")
+    if num_points is not None and n != num_points:
+        raise AnnotationError(path, header_line, f"n_points: {n}, the layout expects {num_points} points")
     pts = np.empty((n, 2), dtype=np.float64)
     for k in range(n):
         lineno = start + k
@@ -55,9 +61,13 @@ def read_pts(path: str | Path) -> np.ndarray:
             pts[k] = float(fields[0]), float(fields[1])
         except ValueError:
             raise AnnotationError(path, lineno + 1, f"expected two numbers 'x y', got {lines[lineno].strip()!r}") from None
+        if not np.isfinite(pts[k]).all():
+            raise AnnotationError(path, lineno + 1, f"non-finite coordinate {lines[lineno].strip()!r}")
     end = start + n
     if end >= len(lines) or lines[end].strip() != "}":
-        raise AnnotationError(path, end + 1, f"expected closing '}}' after {n} points")
+        extra = end < len(lines) and len(lines[end].split()) == 2
+        more = f", found another point: the body holds more than n_points: {n}" if extra else ""
+        raise AnnotationError(path, end + 1, f"expected closing '}}' after {n} points{more}")
     return pts - 1.0
 
 

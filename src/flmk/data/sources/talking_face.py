@@ -54,9 +54,7 @@ class TalkingFaceSource:
             match = FRAME_NAME.match(pts_path.stem)
             if match is None:
                 raise AnnotationError(pts_path, None, "expected a name franck_NNNNN.pts")
-            points = read_pts(pts_path)
-            if len(points) != 68:
-                raise AnnotationError(pts_path, None, f"expected 68 points, got {len(points)}")
+            points = read_pts(pts_path, 68)
             records.append(
                 FaceRecord(
                     image=images.get(pts_path.stem, pts_path.with_suffix(".jpg")),

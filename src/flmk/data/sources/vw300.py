@@ -132,7 +132,7 @@ class Vw300Source:
             records.append(
                 FaceRecord(
                     image=frames / f"{frame:06d}{self._suffix(frames, frame)}",
-                    points=read_pts(pts_path),
+                    points=read_pts(pts_path, 68),
                     layout=self.layout,
                     attributes={"valid": frame not in self.broken.get(video, ())},
                     subsets=frozenset({split}),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flmk.data.images import ImageError
 from flmk.data.records import AnnotationError, FaceRecord
 from flmk.data.sources.common import check_split, require
 from flmk.data.sources.folders import PtsFolderSource, find_image, read_visibility
@@ -26,19 +27,22 @@ BOX_POLICIES = ("landmarks", "ibug_bbs")
 
 @dataclass
 class Problem:
-    """One bad file found while scanning a split: ``kind`` is "annotation" or "image"."""
+    """One bad file found while scanning a split: ``kind`` is "annotation" or "image"; ``message`` omits path and line."""
 
     kind: str
     path: str
     line: int | None
     message: str
 
+    def error(self, more: str = "") -> AnnotationError | ImageError:
+        if self.kind == "image":
+            return ImageError(self.path, self.message + more)
+        return AnnotationError(self.path, self.line, self.message + more)
+
 
 def read_corner_box(path: Path) -> np.ndarray:
     """A 4-corner .pts face box -> 0-based x_min, y_min, x_max, y_max."""
-    corners = read_pts(path)
-    if len(corners) != 4:
-        raise AnnotationError(path, None, f"a box file holds 4 corner points, found {len(corners)}")
+    corners = read_pts(path, num_points=4)
     return np.concatenate([corners.min(0), corners.max(0)])
 
 
@@ -62,7 +66,7 @@ class W300Source(PtsFolderSource):
         records, problems = self.scan(split)
         if problems:
             more = f" (and {len(problems) - 1} more problems; run `python -m flmk.data.check`)" if len(problems) > 1 else ""
-            raise AnnotationError(problems[0].path, problems[0].line, problems[0].message + more)
+            raise problems[0].error(more)
         return records
 
     def scan(self, split: str) -> tuple[list[FaceRecord], list[Problem]]:
@@ -76,13 +80,13 @@ class W300Source(PtsFolderSource):
                 try:
                     records.append(self._record(pts_path, split, sub))
                 except AnnotationError as e:
-                    problems.append(Problem("annotation", e.path, e.line, str(e)))
-                except FileNotFoundError as e:
-                    problems.append(Problem("image", str(pts_path), None, str(e)))
+                    problems.append(Problem("annotation", e.path, e.line, e.problem))
+                except ImageError as e:
+                    problems.append(Problem("image", e.path, None, e.problem))
         return records, problems
 
     def _record(self, pts_path: Path, split: str, sub: str) -> FaceRecord:
-        points = read_pts(pts_path)
+        points = read_pts(pts_path, self.num_points)
         vis_path = pts_path.with_suffix(".vis")
         box, box_from = self._box(pts_path)
         return FaceRecord(

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.records import AnnotationError, FaceRecord
+from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord, check_points
 from flmk.data.sources.common import check_split, require
+from flmk.layouts import get_layout
 
 HRNET_CSVS: dict[str, str] = {
     "train": "face_landmarks_300w_train.csv",
@@ -32,6 +33,7 @@ CSV_LAYOUT_DOC = """\
   <csv_dir>/face_landmarks_300w_{train,valid_common,valid_challenge,valid,test}.csv
   <root>/<image_name> for every row (afw/, helen/, lfpw/, ibug/, Test/01_Indoor, ...)"""
 
+CSV_HINT = "Point data.csv_dir at the folder of the CSVs, e.g. `python -m flmk.train data=300w_csv data.csv_dir=/path/to/csvs`."
 HRNET_BOX_UNIT = 200.0  # HRNet: scale = box side / 200
 
 
@@ -51,6 +53,7 @@ class W300CsvSource:
         self.root = Path(root).expanduser()
         self.csv_dir = Path(csv_dir).expanduser() if csv_dir is not None else self.root
         self.split_files = dict(splits or HRNET_CSVS)
+        self.optional_splits = ["private"] if "private" in self.split_files else []  # the private test set's CSV
         self.layout = str(layout)
         self.name = name
         self.how_to_obtain = how_to_obtain
@@ -60,7 +63,10 @@ class W300CsvSource:
 
     def read(self, split: str) -> list[FaceRecord]:
         check_split(self.name, split, self.splits())
-        path = require(self.csv_dir / self.split_files[split], self.name, CSV_LAYOUT_DOC, self.how_to_obtain)
+        require(self.root, self.name, CSV_LAYOUT_DOC, self.how_to_obtain)
+        path = self.csv_dir / self.split_files[split]
+        if not path.exists():
+            raise DatasetNotFoundError(self.name, path, CSV_LAYOUT_DOC, self.how_to_obtain, hint=CSV_HINT)
         with path.open(newline="") as fh:
             rows = list(csv.reader(fh))
         if not rows or rows[0][:4] != ["image_name", "scale", "center_w", "center_h"]:
@@ -73,7 +79,10 @@ class W300CsvSource:
                 raise AnnotationError(path, lineno, "non-numeric scale, centre or point value") from None
             if len(values) < 5 or (len(values) - 3) % 2:
                 raise AnnotationError(path, lineno, f"expected scale, center_w, center_h and x/y pairs, got {len(values)} numbers")
-            scale, centre, points = values[0], values[1:3] - 1.0, values[3:].reshape(-1, 2) - 1.0
+            points = check_points(values[3:].reshape(-1, 2), get_layout(self.layout).num_points, path, lineno) - 1.0
+            if not np.isfinite(values[:3]).all() or values[0] <= 0:
+                raise AnnotationError(path, lineno, f"scale must be a positive number and the centre finite, got {values[:3].tolist()}")
+            scale, centre = values[0], values[1:3] - 1.0
             half = scale * HRNET_BOX_UNIT / 2
             records.append(
                 FaceRecord(

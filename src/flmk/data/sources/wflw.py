@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord
+from flmk.data.records import AnnotationError, DatasetNotFoundError, FaceRecord, check_points
 from flmk.data.sources.common import check_split, file_stamp
 
 WFLW_URL = "https://wywu.github.io/projects/LAB/WFLW.html (WFLW_images.tar.gz, WFLW_annotations.tar.gz)"
@@ -50,9 +50,12 @@ def parse_line(path: Path, lineno: int, line: str, with_attributes: bool) -> Fac
         numbers = np.array(fields[:-1], dtype=np.float64)
     except ValueError:
         raise AnnotationError(path, lineno, "non-numeric coordinate, box or attribute") from None
+    check_points(numbers[:NUM_COORDS].reshape(-1, 2), NUM_COORDS // 2, path, lineno)
     attributes, box = {}, None
     if with_attributes:
         box = numbers[NUM_COORDS : NUM_COORDS + 4]
+        if not np.isfinite(box).all():
+            raise AnnotationError(path, lineno, f"non-finite face box {box.tolist()}")
         flags = numbers[NUM_COORDS + 4 :]
         if not np.isin(flags, (0, 1)).all():
             raise AnnotationError(path, lineno, f"attributes must be 0 or 1, got {flags.tolist()}")
