@@ -72,7 +72,8 @@ def test_resume_continues_from_checkpoint(tmp_path, synthetic_root):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_root):
     # epoch 0 (3 steps) is fine and checkpointed; the loss turns NaN at the first step of epoch 1
     nan_loss = ["~model.loss", "+model.loss._target_=conftest.NaNAfter", "+model.loss.steps=3"]
-    cfg = compose_train(FAST + nan_loss + ["test=false", "trainer.max_epochs=3"], tmp_path / "run", synthetic_root)
+    cfg = compose_train(FAST + nan_loss + ["test=false", "trainer.max_epochs=3", "model.finite_check_every=1"],
+                        tmp_path / "run", synthetic_root)
     with pytest.raises(SystemExit, match="loss is nan at epoch 1, step 3"):
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -80,6 +81,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_root)
     assert state["epoch"] == 0 and state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert "loss is nan" in (tmp_path / "run" / "FAILED.txt").read_text()
+
+
+def test_nan_read_back_every_n_steps_still_stops_before_the_next_checkpoint(tmp_path, synthetic_root):
+    # the flag is read back every 50 steps: the NaN of step 3 is found when epoch 1's checkpoint is about to be written
+    nan_loss = ["~model.loss", "+model.loss._target_=conftest.NaNAfter", "+model.loss.steps=3"]
+    cfg = compose_train(FAST + nan_loss + ["test=false", "trainer.max_epochs=3", "model.finite_check_every=50"],
+                        tmp_path / "run", synthetic_root)
+    with pytest.raises(SystemExit, match=r"loss is nan at epoch 1, step 6 .*first within the last 50 steps"):
+        train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
 def test_missing_dataset_root_names_folder_and_layout(tmp_path):

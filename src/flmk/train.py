@@ -57,7 +57,8 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
     """The model config's network and loss inside LandmarkModule (or the module it names)."""
     target = cfg.model.get("module_target", "flmk.models.module.LandmarkModule")
     module_cls = hydra.utils.get_class(target)
-    general = {"ema_decay": cfg.model.get("ema_decay"), "test_flip": cfg.model.get("test_flip", False)}
+    general = {"ema_decay": cfg.model.get("ema_decay"), "test_flip": cfg.model.get("test_flip", False),
+               "finite_check_every": cfg.model.get("finite_check_every", 50)}
     return module_cls(
         net=instantiate(cfg.model.net),
         loss=instantiate(cfg.model.loss),

@@ -84,6 +84,7 @@ class LandmarkModule(pl.LightningModule):
         mean_shape: np.ndarray | None = None,
         ema_decay: float | None = None,
         test_flip: bool = False,
+        finite_check_every: int = 50,
     ):
         super().__init__()
         self.net, self.loss = net, loss
@@ -106,6 +107,12 @@ class LandmarkModule(pl.LightningModule):
         for name, sub in self.test_eval_layouts.items():
             if sub.parent != self.layout.name:
                 raise ValueError(f"test split {name}: eval_layout {sub.name} is not a subset of layout {self.layout.name}")
+        # model.finite_check_every: the loss is checked for NaN/inf on the device every step and the flag read back
+        # every that many steps and before any checkpoint is written, so a GPU never waits on the host for it
+        if finite_check_every < 1:
+            raise ValueError(f"model.finite_check_every={finite_check_every}: expected a whole number >= 1")
+        self.finite_check_every = finite_check_every
+        self._nonfinite: torch.Tensor | None = None  # device flag: a loss since the last read-back was NaN/inf
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "mean_shape"])
         self.register_buffer("mean_shape", torch.full((self.layout.num_points, 2), float("nan")))
         if mean_shape is not None:
@@ -143,9 +150,10 @@ class LandmarkModule(pl.LightningModule):
         except torch.linalg.LinAlgError as e:  # an SVD / solve inside a loss term fails on non-finite input
             raise self._non_finite("not finite", f" ({str(e).splitlines()[0]})") from e
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            raise self._non_finite(f"{float(loss)}", f" (terms: {values})")
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        if (self.global_step + 1) % self.finite_check_every == 0:
+            self.check_finite(terms)
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=bs,
                       sync_dist=False)
@@ -155,6 +163,21 @@ class LandmarkModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+
+    def check_finite(self, terms: dict | None = None) -> None:
+        """Read the device flag back; a NaN/inf loss since the last check stops training with the terms."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is None or not bool(flag):
+            return
+        values = {k: float(v.detach()) for k, v in (terms or {}).items()}
+        late = "" if self.finite_check_every == 1 else f", first within the last {self.finite_check_every} steps"
+        raise self._non_finite(f"{values.get('loss', float('nan'))}", f" (terms: {values}{late})")
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # a checkpoint never holds weights trained through a NaN loss
 
     def _non_finite(self, value: str, detail: str) -> NonFiniteLossError:
         return NonFiniteLossError(
