@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Sampler
@@ -74,7 +75,9 @@ def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
 
 
 class WorkerInit:
-    """``worker_init_fn``: Lightning's per-worker seeding (numpy/random/torch), plus :func:`die_with_parent`."""
+    """``worker_init_fn``: Lightning's per-worker seeding (numpy/random/torch), one OpenCV thread per worker
+    (the loader already runs one process per core: OpenCV's own pool in every worker oversubscribes the CPU),
+    plus :func:`die_with_parent`."""
 
     def __init__(self) -> None:
         self.parent_pid = os.getpid()
@@ -83,4 +86,5 @@ class WorkerInit:
         from lightning_fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id)
+        cv2.setNumThreads(1)
         die_with_parent(self.parent_pid)
