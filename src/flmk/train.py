@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, write_results
+from flmk.checkpoint import describe
 from flmk.ddp import job_scope
 from flmk.models.module import NonFiniteLossError
 
@@ -106,6 +107,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg, dm)
     if hasattr(module, "set_mean_shape"):
         module.set_mean_shape(dm.mean_shape())
+    module.flmk_config = describe(cfg)
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -84,6 +84,8 @@ class LandmarkModule(pl.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.mean_shape_metrics = nn.ModuleList()
         self.test_results: dict[str, dict] = {}
+        # the composed config this module was built from (flmk.checkpoint.describe); saved in every checkpoint
+        self.flmk_config: dict | None = None
 
     def _metric(self, split: str | None = None) -> LandmarkMetrics:
         layout = self.test_eval_layouts.get(split, self.layout)
@@ -93,6 +95,10 @@ class LandmarkModule(pl.LightningModule):
         self.mean_shape.copy_(torch.as_tensor(mean_shape, dtype=torch.float32))
         if hasattr(self.net, "set_mean_shape"):
             self.net.set_mean_shape(self.mean_shape)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.flmk_config is not None:  # a self-describing checkpoint: flmk.checkpoint rebuilds the module from it
+            checkpoint["flmk"] = self.flmk_config
 
     def forward(self, image: torch.Tensor) -> dict:
         return self.net(image)
