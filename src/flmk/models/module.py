@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flmk.layouts import get_layout
-from flmk.metrics import LandmarkMetrics
+from flmk.metrics import LandmarkMetrics, jitter_terms
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,6 +84,7 @@ class LandmarkModule(pl.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.mean_shape_metrics = nn.ModuleList()
         self.test_results: dict[str, dict] = {}
+        self.test_jitter: list[list] = []
         # the composed config this module was built from (flmk.checkpoint.describe); saved in every checkpoint
         self.flmk_config: dict | None = None
 
@@ -151,9 +152,16 @@ class LandmarkModule(pl.LightningModule):
         names = self.test_names or ["test"]
         self.test_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
         self.mean_shape_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
+        self.test_jitter = [[0.0, 0] for _ in names]  # video splits: jitter sum and frame-pair count
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        batch, outputs = flatten_clips(batch, self.net(batch["image"]))
+        outputs = self.net(batch["image"])
+        if batch["image"].dim() == 5:  # clips: prediction motion minus ground-truth motion (flmk.metrics.jitter_terms)
+            pred = to_original(outputs["points"], batch["affine"], self.crop_size)
+            total, count = jitter_terms(pred, self.layout, batch["target_orig"].float(), batch.get("valid"))
+            self.test_jitter[dataloader_idx][0] += float(total)
+            self.test_jitter[dataloader_idx][1] += int(count)
+        batch, outputs = flatten_clips(batch, outputs)
         self._update(self.test_metrics[dataloader_idx], batch, outputs["points"])
         if torch.isfinite(self.mean_shape).all():
             mean = self.mean_shape.expand_as(batch["points"])
@@ -165,6 +173,9 @@ class LandmarkModule(pl.LightningModule):
             if not metric.update_called:
                 continue
             result = {k: float(v) for k, v in metric.compute().items()}
+            jit_sum, jit_count = self.test_jitter[names.index(name)] if self.test_jitter else (0.0, 0)
+            if jit_count:
+                result["jitter"] = jit_sum / jit_count
             entry = {"metrics": result, "per_image": {k: v.cpu() for k, v in metric.per_image().items()}}
             if mean_metric.update_called:
                 entry["mean_shape"] = {k: float(v) for k, v in mean_metric.compute().items()}
