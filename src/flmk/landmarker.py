@@ -83,17 +83,17 @@ class OnnxNet:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model={path}: no such ONNX file (write one with `python -m flmk.export`)")
+            raise FileNotFoundError(f"onnx={path}: no such ONNX file (write one with `python -m flmk.export`)")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ValueError(f"model={path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"onnx={path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if "flmk" not in meta:
-            raise ValueError(f"model={path}: not an flmk export (no 'flmk' metadata; write it with flmk.export)")
+            raise ValueError(f"onnx={path}: not an flmk export (no 'flmk' metadata; write it with flmk.export)")
         self.desc = json.loads(meta["flmk"])
         self.input = self.session.get_inputs()[0].name
 

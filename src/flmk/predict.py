@@ -7,7 +7,7 @@ Writes into ``out``: predictions.json (a list of ``{"image", "frame", "faces": [
 predictions.csv (one row per face), optional .pts files and overlays, and for a video an overlay
 video and stability.json (frame-to-frame landmark jitter). Every file is written atomically, and the
 JSON/CSV are rewritten every ``flush_every`` items, so an interrupted run keeps what it has done.
-``backend=onnx model=<file.onnx>`` runs the exported network under onnxruntime without torch.
+``backend=onnx onnx=<file.onnx>`` runs the exported network under onnxruntime without torch.
 ``bench=true`` times the pipeline instead (see :func:`bench`).
 """
 
@@ -62,9 +62,9 @@ def build_landmarker(cfg: DictConfig) -> Landmarker:
     if cfg.get("detector") is not None:
         detector = hydra.utils.instantiate(cfg.detector) if cfg.boxes is None else None
     if cfg.backend == "onnx":
-        if not cfg.model:
-            raise PredictError("backend=onnx needs model=<file.onnx> (write one with `python -m flmk.export`)")
-        return Landmarker.from_onnx(cfg.model, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads)
+        if not cfg.onnx:
+            raise PredictError("backend=onnx needs onnx=<file.onnx> (write one with `python -m flmk.export`)")
+        return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads)
     if cfg.backend != "torch":
         raise PredictError(f"backend={cfg.backend}: expected torch or onnx")
     if not cfg.ckpt_path:
