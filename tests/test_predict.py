@@ -283,3 +283,29 @@ def test_quickstart_model_is_near_the_ground_truth(tmp_path_factory):
         m = crop_affine(points_box(pts), lm.crop_size, lm.crop_scale)
         mean_errors.append(np.linalg.norm(crop_to_original(mean_shape, m, lm.crop_size) - pts, axis=1).mean() / iod)
     assert np.mean(errors) < 0.6 * np.mean(mean_errors), (np.mean(errors), np.mean(mean_errors))
+
+
+def test_clip_evaluation_reports_jitter_in_metrics():
+    """Video splits gain "jitter": prediction motion minus ground-truth motion over the inter-ocular distance."""
+    from torch import nn
+
+    from flmk.models.module import LandmarkModule
+
+    gt = torch.full((1, 68, 2), 0.5)
+    gt[0, 36], gt[0, 45] = torch.tensor([0.3, 0.5]), torch.tensor([0.7, 0.5])  # 40 px apart at crop 100
+
+    class Fixed(nn.Module):
+        def forward(self, image):
+            return {"points": gt.expand(*image.shape[:2], -1, -1)}
+
+    module = LandmarkModule(Fixed(), nn.Identity(), torch.optim.SGD, layout="68", crop_size=100, test_names=["video"])
+    module.on_test_start()
+    affine = torch.tensor([[[1.0, 0, -t], [0, 1.0, 0]] for t in range(3)])[None]  # the crop moves 1 px a frame
+    target = to_original(gt, affine[:, 0], 100)[:, None].expand(1, 3, 68, 2)  # the face stands still
+    batch = {"image": torch.zeros(1, 3, 3, 4, 4), "points": gt[:, None].expand(1, 3, 68, 2), "affine": affine,
+             "target_orig": target, "box": torch.tensor([[0.0, 0, 100, 100]]).expand(1, 3, 4),
+             "visible": torch.ones(1, 3, 68), "has_visibility": torch.tensor([[False] * 3]),
+             "index": torch.tensor([[0, 1, 2]]), "valid": torch.tensor([[True, True, True]])}
+    module.test_step(batch, 0)
+    module.on_test_epoch_end()
+    assert module.test_results["video"]["metrics"]["jitter"] == pytest.approx(1 / 40, rel=1e-4)
