@@ -2,9 +2,12 @@
 
     python -m flmk.evaluate ckpt_path=outputs/.../checkpoints/best.ckpt [data=<d>]
 
-The model (and, unless given, the data) config is read from the checkpoint's
-run folder (``<run>/.hydra/config.yaml``). Writes metrics.json, per-image
-errors, CED plots and the network's maps to this evaluation's folder.
+The model (and, unless given, the data) config is read from the checkpoint itself
+(flmk.checkpoint), so a checkpoint copied out of its run folder evaluates too. A
+model=, model.crop_size, model.net.* or data.layout override that differs from the
+checkpoint is refused naming both values unless force=true; the data to evaluate on
+is free. Writes metrics.json, per-image errors, CED plots and the network's maps to
+this evaluation's folder.
 """
 
 from __future__ import annotations
@@ -13,45 +16,34 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, write_results
+from flmk.checkpoint import build, check_compatible, description, load_weights, model_config, read
 from flmk.errors import hydra_cli
-from flmk.train import CONF_DIR, build_datamodule, build_loggers, build_module, run_meta
+from flmk.train import CONF_DIR, build_datamodule, build_loggers, run_meta
 from flmk.visualise import save_maps
-
-
-def run_config(ckpt_path: Path) -> DictConfig:
-    for parent in ckpt_path.resolve().parents:
-        cfg_file = parent / ".hydra" / "config.yaml"
-        if cfg_file.exists():
-            return OmegaConf.load(cfg_file)
-    raise FileNotFoundError(
-        f"{ckpt_path}: no .hydra/config.yaml in any parent folder, so the model config is unknown; "
-        "pass model=<name> (and its options) explicitly"
-    )
 
 
 def evaluate(cfg: DictConfig) -> dict:
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    ckpt = read(ckpt_path)
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("model") is None or cfg.get("data") is None:
-        trained = run_config(ckpt_path)
-        with open_dict(cfg):
-            cfg.model = cfg.model if cfg.get("model") is not None else trained.model
-            cfg.data = cfg.data if cfg.get("data") is not None else trained.data
-            cfg.row = trained.get("row")
+    desc = description(ckpt, ckpt_path)
+    check_compatible(desc, cfg, ckpt_path, force=cfg.get("force", False))
+    with open_dict(cfg):
+        cfg.model = model_config(desc, cfg)
+        cfg.data = cfg.data if cfg.get("data") is not None else OmegaConf.create(desc["data"])
+        cfg.row = cfg.get("row") or desc.get("row")
+        cfg.augment.crop_scale = desc["crop_scale"]  # the crop margin the model was trained with
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    module = build_module(cfg, dm)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    module = build(desc, cfg.model, dm.test_names, getattr(dm, "test_eval_layouts", {}),
+                   cfg.data.get("primary_nme", "nme_io"))
+    load_weights(module, ckpt, ckpt_path, desc)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=[],
                                       default_root_dir=str(out_dir))
     trainer.test(module, datamodule=dm, verbose=False)
@@ -67,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra_cli(CONF_DIR, "evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    evaluate(cfg)  # a CheckpointError is a user error: one line, exit status 2 (flmk.errors)
 
 
 if __name__ == "__main__":

@@ -278,3 +278,28 @@ def _first_occurrences(ids: Tensor) -> Tensor:
     keep |= ids < 0
     idx = pos[keep]
     return idx[torch.sort(ids[idx], stable=True).indices]
+
+
+def jitter_terms(pred, layout: Layout | str, target=None, valid=None) -> tuple:
+    """(sum, count) of per-frame-pair landmark jitter over (..., T, N, 2) tracks (numpy arrays or tensors).
+
+    Jitter of frames t-1 -> t: the mean over points of ``||Δpred - Δtarget||`` (``||Δpred||`` without a
+    target: the stability of a video with no ground truth) divided by the inter-ocular distance at t.
+    ``valid`` (..., T) drops pairs with an invalid frame. The video figure is sum / count.
+    """
+    layout = get_layout(layout) if isinstance(layout, str) else layout
+    motion = pred[..., 1:, :, :] - pred[..., :-1, :, :]
+    ref = pred if target is None else target
+    if target is not None:
+        motion = motion - (target[..., 1:, :, :] - target[..., :-1, :, :])
+    a, b = layout.ocular
+    iod = ((ref[..., 1:, a, :] - ref[..., 1:, b, :]) ** 2).sum(-1) ** 0.5
+    per_pair = ((motion ** 2).sum(-1) ** 0.5).mean(-1) / iod
+    pair = (valid[..., 1:] & valid[..., :-1]) if valid is not None else per_pair == per_pair
+    return (per_pair * pair).sum(), pair.sum()
+
+
+def jitter(pred, layout: Layout | str, target=None) -> float:
+    """Jitter of one video (T, N, 2): see :func:`jitter_terms`; NaN for fewer than two frames."""
+    total, count = jitter_terms(pred, layout, target)
+    return float(total) / float(count) if float(count) else float("nan")

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flmk.artefacts import print_results, training_schedule, write_results
+from flmk.checkpoint import describe
 from flmk.ddp import job_scope
 from flmk.errors import hydra_cli
 from flmk.models.module import LandmarkModule, NonFiniteLossError
@@ -130,6 +131,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg, dm)
     if hasattr(module, "set_mean_shape"):
         module.set_mean_shape(dm.mean_shape())
+    module.flmk_config = describe(cfg)
     loggers = build_loggers(cfg)
     continue_csv_logs(loggers, cfg.get("ckpt_path"))
     for lg in loggers:

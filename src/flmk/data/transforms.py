@@ -90,6 +90,19 @@ def jittered_landmark_box(points: np.ndarray, rotation_deg: float, jitter: np.nd
     return np.concatenate([c - size / 2, c + size / 2])
 
 
+def warp_crop(image: np.ndarray, m: np.ndarray, crop_size: int) -> np.ndarray:
+    """The ``crop_size`` square crop of ``image`` under the affine ``m`` (original -> crop pixels)."""
+    return cv2.warpAffine(image, m, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def crop_to_original(points: np.ndarray, m: np.ndarray, crop_size: int) -> np.ndarray:
+    """Crop-normalised (..., N, 2) points -> original pixels: numpy twin of flmk.models.module.to_original."""
+    u = np.asarray(points, dtype=np.float64) * crop_size - 0.5
+    inv = np.linalg.inv(np.concatenate([m, np.broadcast_to([0.0, 0.0, 1.0], (*m.shape[:-2], 1, 3))], -2))[..., :2, :]
+    return u @ np.swapaxes(inv[..., :2], -1, -2) + inv[..., None, :, 2]
+
+
 def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
 
@@ -164,8 +177,7 @@ class FaceTransform:
             box = jittered_landmark_box(points, p["rotation_deg"], jitter)
         m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
         warp = m if source is None else compose_affine(m, invert_affine(source))
-        crop = cv2.warpAffine(image, warp, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        crop = warp_crop(image, warp, self.crop_size)
         pts = apply_affine(m, points)
         if p["flip"]:
             perm = self.layout.flip_index

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from flmk.data.transforms import normalise_image
 from flmk.layouts import get_layout
-from flmk.metrics import LandmarkMetrics
+from flmk.metrics import LandmarkMetrics, jitter_terms
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,6 +123,9 @@ class LandmarkModule(pl.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.mean_shape_metrics = nn.ModuleList()
         self.test_results: dict[str, dict] = {}
+        self.test_jitter: list[list] = []
+        # the composed config this module was built from (flmk.checkpoint.describe); saved in every checkpoint
+        self.flmk_config: dict | None = None
 
     def _metric(self, split: str | None = None) -> LandmarkMetrics:
         layout = self.test_eval_layouts.get(split, self.layout)
@@ -133,6 +136,11 @@ class LandmarkModule(pl.LightningModule):
         for net in (self.net, self.ema.module if self.ema is not None else None):
             if hasattr(net, "set_mean_shape"):
                 net.set_mean_shape(self.mean_shape)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # a checkpoint never holds weights trained through a NaN loss
+        if self.flmk_config is not None:  # a self-describing checkpoint: flmk.checkpoint rebuilds the module from it
+            checkpoint["flmk"] = self.flmk_config
 
     def forward(self, image: torch.Tensor) -> dict:
         return self.net(image)
@@ -175,9 +183,6 @@ class LandmarkModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.check_finite()  # a checkpoint never holds weights trained through a NaN loss
 
     def _non_finite(self, value: str, detail: str) -> NonFiniteLossError:
         return NonFiniteLossError(
@@ -244,9 +249,16 @@ class LandmarkModule(pl.LightningModule):
         names = self.test_names or ["test"]
         self.test_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
         self.mean_shape_metrics = nn.ModuleList([self._metric(n) for n in names]).to(self.device)
+        self.test_jitter = [[0.0, 0] for _ in names]  # video splits: jitter sum and frame-pair count
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        batch, outputs = flatten_clips(batch, self.predict_eval(batch["image"]))
+        outputs = self.predict_eval(batch["image"])
+        if batch["image"].dim() == 5:  # clips: prediction motion minus ground-truth motion (flmk.metrics.jitter_terms)
+            pred = to_original(outputs["points"], batch["affine"], self.crop_size)
+            total, count = jitter_terms(pred, self.layout, batch["target_orig"].float(), batch.get("valid"))
+            self.test_jitter[dataloader_idx][0] += float(total)
+            self.test_jitter[dataloader_idx][1] += int(count)
+        batch, outputs = flatten_clips(batch, outputs)
         self._update(self.test_metrics[dataloader_idx], batch, outputs["points"])
         if torch.isfinite(self.mean_shape).all():
             mean = self.mean_shape.expand_as(batch["points"])
@@ -258,6 +270,9 @@ class LandmarkModule(pl.LightningModule):
             if not metric.update_called:
                 continue
             result = {k: float(v) for k, v in metric.compute().items()}
+            jit_sum, jit_count = self.test_jitter[names.index(name)] if self.test_jitter else (0.0, 0)
+            if jit_count:
+                result["jitter"] = jit_sum / jit_count
             entry = {"metrics": result, "per_image": {k: v.cpu() for k, v in metric.per_image().items()}}
             if mean_metric.update_called:
                 entry["mean_shape"] = {k: float(v) for k, v in mean_metric.compute().items()}

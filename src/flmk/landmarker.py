@@ -1,0 +1,261 @@
+"""Landmarker: a trained model on a user's own images and videos.
+
+    from flmk import Landmarker
+    lm = Landmarker.from_checkpoint("best.ckpt", device="cuda")
+    faces = lm(image_rgb)                       # [{"box", "score", "points", "layout"}, ...]
+    faces = lm(image_rgb, boxes=[[x1, y1, x2, y2]])
+    for faces in lm.track(frames): ...          # video: box tracking, trackers carry their state
+
+Faces are cropped with the data module's own functions (``crop_affine`` with the checkpoint's crop
+size and margin, ``warp_crop``, ``to_tensor_image``) and points come back through the inverse crop
+affine (``to_original`` in PyTorch, its numpy twin ``crop_to_original`` under onnxruntime), so a face
+is seen exactly as in training and evaluation. The ONNX backend imports neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flmk.data.transforms import crop_affine, crop_to_original, to_tensor_image, warp_crop
+from flmk.detectors import DlibHOG, box_iou
+
+
+def points_box(points: np.ndarray) -> np.ndarray:
+    """The landmark bounding box, the box convention the models were trained with."""
+    return np.concatenate([points.min(-2), points.max(-2)], axis=-1)
+
+
+class TorchNet:
+    """A checkpoint's network in PyTorch: bf16 autocast on GPU, fp32 on CPU."""
+
+    def __init__(self, module, desc: dict, device: str = "cpu", precision: str = "auto"):
+        import torch
+
+        self.torch, self.desc = torch, desc
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.net = module.net.to(self.device).eval()
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.is_tracker = hasattr(self.net, "step") and hasattr(self.net, "init_state")
+
+    def _run(self, fn, *args):
+        torch = self.torch
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return fn(*args)
+
+    def _back(self, points, affines: np.ndarray) -> np.ndarray:
+        from flmk.models.module import to_original
+
+        aff = self.torch.from_numpy(affines).to(self.device)
+        return to_original(points.float(), aff, self.desc["crop_size"]).cpu().numpy().astype(np.float64)
+
+    def __call__(self, x: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        """Crops (B, 3, S, S) and their affines -> points (B, N, 2) in original pixels."""
+        if self.is_tracker:  # one frame, a fresh state: a tracker's first frame
+            return np.concatenate([self.step(x[i:i + 1], affines[i:i + 1], self.init_state())[0] for i in range(len(x))])
+        image = self.torch.from_numpy(x).to(self.device)
+        return self._back(self._run(self.net, image)["points"], affines)
+
+    def init_state(self):
+        import inspect
+
+        if "batch_size" in inspect.signature(self.net.init_state).parameters:  # SRN tracker: RNN state per clip
+            return self.net.init_state(1, self.device)
+        return self.net.init_state()  # 1D-HM / 2D trackers: eq. 13 memory, empty before the first frame
+
+    def step(self, x: np.ndarray, affines: np.ndarray, state):
+        """One frame of one track (1, 3, S, S) with the tracker's state -> (points (1, N, 2), next state)."""
+        out, state = self._run(self.net.step, self.torch.from_numpy(x).to(self.device), state)
+        return self._back(out["points"], affines), state
+
+
+class OnnxNet:
+    """An exported network under onnxruntime; pre- and post-processing in numpy, no torch."""
+
+    is_tracker = False
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"onnx={path}: no such ONNX file (write one with `python -m flmk.export`)")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ValueError(f"onnx={path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "flmk" not in meta:
+            raise ValueError(f"onnx={path}: not an flmk export (no 'flmk' metadata; write it with flmk.export)")
+        self.desc = json.loads(meta["flmk"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        points = self.session.run(["points"], {self.input: x})[0]
+        return crop_to_original(points, affines, self.desc["crop_size"])
+
+
+class BoxTracker:
+    """Faces across video frames: detections associated to tracks by IoU, boxes followed by the landmarks.
+
+    Each track's box for the next frame is its current landmarks' box (the models' own box convention),
+    blended with a matched detection on detection frames; ``smoothing`` is the weight of the previous
+    box (an exponential moving average against jitter). A track unmatched for ``max_missed`` detection
+    rounds ends. Every track carries the state of a tracker network (HM1D / SRN trackers).
+    """
+
+    def __init__(self, iou: float = 0.3, smoothing: float = 0.3, max_missed: int = 3):
+        self.iou, self.smoothing, self.max_missed = iou, smoothing, max_missed
+        self.tracks: list[dict] = []
+        self.next_id = 0
+
+    def associate(self, boxes: np.ndarray, scores: np.ndarray, new_state) -> None:
+        """Greedy IoU matching of this frame's detections to the live tracks."""
+        free = list(range(len(boxes)))
+        if self.tracks and len(boxes):
+            iou = box_iou(np.stack([t["box"] for t in self.tracks]), boxes)
+            for ti in np.argsort(-iou.max(1)):
+                if not free:
+                    break
+                j = free[int(np.argmax(iou[ti, free]))]
+                track = self.tracks[ti]
+                if iou[ti, j] >= self.iou:
+                    track["box"] = self.smoothing * track["box"] + (1 - self.smoothing) * boxes[j]
+                    track["score"], track["missed"] = float(scores[j]), 0
+                    track["matched"] = True
+                    free.remove(j)
+        for t in self.tracks:
+            if not t.pop("matched", False):
+                t["missed"] += 1
+        self.tracks = [t for t in self.tracks if t["missed"] <= self.max_missed]
+        for j in free:
+            self.tracks.append({"id": self.next_id, "box": boxes[j].astype(np.float64), "score": float(scores[j]),
+                                "missed": 0, "state": new_state()})
+            self.next_id += 1
+
+    def follow(self, track: dict, points: np.ndarray) -> None:
+        track["box"] = self.smoothing * track["box"] + (1 - self.smoothing) * points_box(points)
+
+
+class Landmarker:
+    def __init__(self, net, desc: dict, detector=None, batch_size: int = 32):
+        self.net, self.desc, self.batch_size = net, desc, batch_size
+        self.crop_size, self.crop_scale = int(desc["crop_size"]), float(desc["crop_scale"])
+        self.layout = str(desc["layout"])
+        self._detector = detector
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            self._detector = DlibHOG()
+        return self._detector
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", detector=None, batch_size: int = 32,
+                        precision: str = "auto") -> Landmarker:
+        """A trained flmk checkpoint (.ckpt), rebuilt from the file alone (flmk.checkpoint)."""
+        from flmk.checkpoint import load_module
+
+        module, desc = load_module(path)
+        return cls(TorchNet(module, desc, device, precision), desc, detector, batch_size)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, detector=None, batch_size: int = 32, threads: int | None = None) -> Landmarker:
+        """A model written by ``python -m flmk.export`` under onnxruntime (no torch at run time)."""
+        net = OnnxNet(path, threads)
+        return cls(net, net.desc, detector, batch_size)
+
+    # -- one image -----------------------------------------------------------------------------------
+    def crop(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network inputs (K, 3, S, S) and affines (K, 2, 3) for K boxes, as the data module crops them."""
+        affines = np.stack([crop_affine(b, self.crop_size, self.crop_scale) for b in boxes]).astype(np.float32)
+        crops = np.stack([to_tensor_image(warp_crop(image, m, self.crop_size)) for m in affines])
+        return crops, affines
+
+    def find(self, image: np.ndarray, boxes=None) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes, scores): the given boxes (score 1) or the detector's."""
+        if boxes is not None:
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            return boxes, np.ones(len(boxes))
+        return self.detector(image)
+
+    def faces(self, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[dict]:
+        return [{"box": [round(float(v), 2) for v in b], "score": float(s), "points": p.round(3).tolist(), "layout": self.layout}
+                for b, s, p in zip(boxes, scores, points)]
+
+    def __call__(self, image: np.ndarray, boxes=None) -> list[dict]:
+        """Landmarks of every face of an RGB uint8 (H, W, 3) image, in its pixels (0-based)."""
+        return next(iter(self.predict([(image, boxes)])))
+
+    # -- many images, batched ------------------------------------------------------------------------
+    def predict(self, items: Iterable[tuple[np.ndarray, object]]) -> Iterator[list[dict]]:
+        """(image, boxes or None) pairs -> faces per image, in order; faces of many images share a batch."""
+        pending: list[tuple[np.ndarray, np.ndarray, int]] = []  # (boxes, scores, number of crops)
+        crops, affines = [], []
+
+        def flush():
+            x = np.concatenate(crops) if crops else np.zeros((0, 3, self.crop_size, self.crop_size), np.float32)
+            a = np.concatenate(affines) if affines else np.zeros((0, 2, 3), np.float32)
+            pts = np.concatenate([self.net(x[i:i + self.batch_size], a[i:i + self.batch_size])
+                                  for i in range(0, len(x), self.batch_size)]) if len(x) else np.zeros((0, 0, 2))
+            start = 0
+            for boxes, scores, n in pending:
+                yield self.faces(boxes, scores, pts[start:start + n])
+                start += n
+            pending.clear(), crops.clear(), affines.clear()
+
+        queued = 0
+        for image, boxes in items:
+            boxes, scores = self.find(image, boxes)
+            if len(boxes):
+                x, a = self.crop(image, boxes)
+                crops.append(x), affines.append(a)
+            pending.append((boxes, scores, len(boxes)))
+            queued += len(boxes)
+            if queued >= self.batch_size:
+                yield from flush()
+                queued = 0
+        yield from flush()
+
+    # -- video ---------------------------------------------------------------------------------------
+    def track(self, frames: Iterable[np.ndarray], boxes: Sequence | None = None, detect_every: int = 1,
+              tracker: BoxTracker | None = None) -> Iterator[list[dict]]:
+        """Faces per frame; each face dict gains ``track``. ``boxes[i]`` (optional) replaces detection at frame i.
+
+        Detection runs every ``detect_every`` frames (and whenever no face is tracked); between detections
+        each track follows its own landmarks. A tracker network (HM1D / SRN tracker) steps once per frame
+        and track, carrying its state as over a training clip.
+        """
+        tracker = tracker or BoxTracker()
+        for i, frame in enumerate(frames):
+            given = boxes[i] if boxes is not None and i < len(boxes) else None
+            if given is not None or ((i % max(detect_every, 1) == 0 or not tracker.tracks) and boxes is None):
+                tracker.associate(*self.find(frame, given), new_state=self._new_state)
+            live = [t for t in tracker.tracks if t["missed"] == 0]
+            if not live:
+                yield []
+                continue
+            x, a = self.crop(frame, np.stack([t["box"] for t in live]))
+            if self.net.is_tracker:
+                pts = []
+                for k, t in enumerate(live):
+                    p, t["state"] = self.net.step(x[k:k + 1], a[k:k + 1], t["state"])
+                    pts.append(p)
+                pts = np.concatenate(pts)
+            else:
+                pts = self.net(x, a)
+            faces = self.faces(np.stack([t["box"] for t in live]), np.array([t["score"] for t in live]), pts)
+            for face, t, p in zip(faces, live, pts):
+                face["track"] = t["id"]
+                tracker.follow(t, p)
+            yield faces
+
+    def _new_state(self):
+        return self.net.init_state() if self.net.is_tracker else None
