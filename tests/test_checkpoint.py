@@ -13,7 +13,7 @@ from flmk.checkpoint import CheckpointError, build, check_compatible, load_modul
 from flmk.evaluate import evaluate
 from flmk.train import train
 
-FAST = ["model=baseline", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+FAST = ["model=baseline", "model.pretrained=false", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1"]
 
 
@@ -99,6 +99,7 @@ def test_weights_of_another_model_are_named(tmp_path, trained):
     from conftest import CONF_DIR  # noqa: F401  (conf/ resolves to this worktree)
     odn_model = OmegaConf.load(f"{CONF_DIR}/model/odn.yaml")
     odn_model.net.num_points = 68
+    odn_model.net.pretrained = False  # no ImageNet download here
     odn_model.crop_size = 64
     module = build(odn_desc, odn_model)
     with pytest.raises(CheckpointError, match="trained as model=baseline, 68 points, crop 64") as e:

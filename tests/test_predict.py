@@ -26,7 +26,7 @@ from flmk.models.module import to_original
 from flmk.predict import PredictError, predict
 from flmk.train import CONF_DIR, train
 
-FAST = ["model=baseline", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+FAST = ["model=baseline", "model.pretrained=false", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "test=false"]
 
 

@@ -112,6 +112,11 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
+def weight_source(key: str) -> bool:
+    """Net keys that say where starting weights come from (ImageNet, a file, another run), not what is built."""
+    return key in ("pretrained", "pretrained_path", "allow_scratch") or key.endswith("_ckpt")
+
+
 def conflicts(desc: Mapping, cfg: DictConfig) -> list[tuple[str, object, object]]:
     """(key, checkpoint value, this run's value) for every model / layout / crop / net key the run changes."""
     found = []
@@ -121,7 +126,8 @@ def conflicts(desc: Mapping, cfg: DictConfig) -> list[tuple[str, object, object]
             if key in model and model[key] != desc["model"].get(key):
                 found.append((f"model.{key}", desc["model"].get(key), model[key]))
         ours, theirs = _flat(model.get("net") or {}), _flat(desc["model"].get("net") or {})
-        found += [(f"model.net.{k}", theirs[k], v) for k, v in ours.items() if k in theirs and theirs[k] != v]
+        found += [(f"model.net.{k}", theirs[k], v) for k, v in ours.items()
+                  if k in theirs and theirs[k] != v and not weight_source(k.rpartition(".")[2])]
     layout = (cfg.get("data") or {}).get("layout")
     if layout is not None and str(layout) != desc["layout"]:
         found.append(("data.layout", desc["layout"], str(layout)))
@@ -150,8 +156,8 @@ def model_config(desc: Mapping, cfg: DictConfig | None = None) -> DictConfig:
         model = OmegaConf.merge(model, OmegaConf.create(_container(cfg, "model")))
     net = model.get("net") or {}
     for key in list(net):  # weights come from the checkpoint: never load pretrained or detector files again
-        if key == "pretrained" or key.endswith("_ckpt"):
-            net[key] = False if key == "pretrained" else None
+        if weight_source(key):
+            net[key] = {"pretrained": False, "allow_scratch": True}.get(key)
     return model
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 
 from flmk.layouts import Layout
 
@@ -207,8 +206,12 @@ def to_chw_uint8(crop: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crop.transpose(2, 0, 1))
 
 
-def normalise_image(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, as :func:`to_tensor_image`; float input is returned as is."""
+def normalise_image(x: "torch.Tensor") -> "torch.Tensor":
+    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, as :func:`to_tensor_image`; float input is returned as is.
+
+    torch is imported here, not above: the numpy crop path (the ONNX backend) runs without torch."""
+    import torch
+
     if x.dtype != torch.uint8:
         return x
     mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
