@@ -25,7 +25,7 @@ from flmk.errors import OptionError
 from flmk.options import check_row_model
 from flmk.train import CONF_DIR, build_datamodule, train
 
-FAST = ["model=baseline", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+FAST = ["model=baseline", "model.pretrained=false", "model.crop_size=64", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1"]
 
 

@@ -24,7 +24,7 @@ from conftest import REPO, TINY, compose_train
 from flmk.train import train
 
 # 3 epochs of 3 batches; augmentation on, so the random streams matter
-RUN = ["model=baseline", "model.crop_size=64", "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+RUN = ["model=baseline", "model.pretrained=false", "model.crop_size=64", "trainer.max_epochs=3", "trainer.limit_train_batches=3",
        "trainer.limit_val_batches=2"]
 
 
