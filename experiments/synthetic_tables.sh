@@ -10,7 +10,8 @@
 #   EXTRA="key=value ..." adds overrides to every row (e.g. trainer.limit_train_batches=2 for a dry run).
 #   Hourglass models (CCDN, HM1D) run with 2 stacks, and HM1D at 128 px, lr 1e-3, so that a short schedule gets
 #   past the mean-shape / flat-heatmap start. Trackers fine-tune a pre-trained detector: hm1d_table2 first trains
-#   it on the stills ($OUT/prerequisites/hm1d_detector), then its rows start from that checkpoint.
+#   it on the stills ($OUT/prerequisites/hm1d_detector), then its rows start from that checkpoint;
+#   HM1D_DET_EPOCHS (30) and HM1D_TRACK_EPOCHS (60) set the two stages' epochs (LR x0.1 at 3/4 and 9/10 of the first).
 set -u
 source "$(dirname "$0")/require_gpu.sh"
 require_gpu cpu-ok
@@ -74,11 +75,12 @@ hm1d_fig3) rows hm1d_fig3 hm1d/fig3_gamma \
 hm1d_table2) (
   det="$OUT/prerequisites/hm1d_detector"
   mkdir -p "$OUT/prerequisites"
-  CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train model=hm1d "${HM1D[@]}" trainer.max_epochs=30 \
-    "++model.scheduler.milestones=[22,27]" test=false seed="${SEEDS%%,*}" "${COMMON[@]}" hydra.run.dir="$det" > "$det.log" 2>&1 \
+  E=${HM1D_DET_EPOCHS:-30}
+  CUDA_VISIBLE_DEVICES=$((n % NGPU)) "$PY" -m flmk.train model=hm1d "${HM1D[@]}" trainer.max_epochs=$E \
+    "++model.scheduler.milestones=[$((E * 3 / 4)),$((E * 9 / 10))]" test=false seed="${SEEDS%%,*}" "${COMMON[@]}" hydra.run.dir="$det" > "$det.log" 2>&1 \
     || { echo "hm1d detector failed (see $det.log)" | tee -a "$FAILED"; exit 1; }
   rows hm1d_table2 hm1d/table2_lambda hm1d/lambda_0_0,hm1d/lambda_0_3 data=synthetic_video ++model.crop_size=128 \
-    ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=60 "model.net.detector_ckpt=$det/checkpoints/best.ckpt"
+    ++model.net.num_stacks=2 ++model.optimizer.lr=1e-3 trainer.max_epochs=${HM1D_TRACK_EPOCHS:-60} "model.net.detector_ckpt=$det/checkpoints/best.ckpt"
   wait ) &
   n=$((n + 1)) ;;
 *) echo "unknown table $t" >&2; exit 2 ;;

@@ -33,13 +33,13 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from flmk.data.transforms import normalise_image
+from flmk.data.device_augment import finish_batch
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
 def _to(batch: dict, device: torch.device, channels_last: bool) -> dict:
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out["image"] = normalise_image(out["image"])
+    out = finish_batch(out)
     if channels_last and out["image"].dim() == 4:
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out

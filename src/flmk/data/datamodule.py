@@ -19,7 +19,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from flmk.data.cache import CropCache
+from flmk.data.cache import CropCache, warp_crop
 from flmk.data.images import BadFilesError, bad_records, read_rgb
 from flmk.data.records import EmptySplitError, FaceRecord
 from flmk.data.sampling import EpochSampler, SampleKey, WorkerInit, sample_rng
@@ -41,8 +41,12 @@ class FaceDataset(Dataset):
     """
 
     def __init__(self, records: list[FaceRecord], layout: Layout, transform: FaceTransform,
-                 cached: tuple[np.ndarray, np.ndarray] | None = None, image_dtype: str = "float32"):
-        self.records, self.layout, self.transform, self.cached = records, layout, transform, cached
+                 cached: tuple[np.ndarray, np.ndarray] | None = None, image_dtype: str = "float32",
+                 canvas: tuple[int, float] | None = None):
+        """``canvas`` = (side, crop_scale): augment on the device (flmk.data.device_augment). Each sample then
+        carries a canvas (the cached crop, or the photograph warped once to a ``side`` square spanning
+        ``crop_scale`` x the face box) and the draws that turn it into the training crop."""
+        self.records, self.layout, self.transform, self.cached, self.canvas = records, layout, transform, cached, canvas
         if image_dtype not in ("float32", "uint8"):
             raise ValueError(f"data.image_dtype={image_dtype!r}; expected 'float32' or 'uint8'")
         # uint8: crops leave the workers as bytes (4x less through shared memory, pinning and the bus) and
@@ -64,14 +68,23 @@ class FaceDataset(Dataset):
         r = self.records[i]
         visible = r.visible if r.visible is not None else np.ones(len(r.points), dtype=bool)
         box = r.box_or_points_box() if box is None else box
-        if self.cached is None:
-            image, source = read_rgb(r.image), None
-        else:  # a pre-cropped face and its affine (original -> cache crop)
+        if self.cached is not None:  # a pre-cropped face and its affine (original -> cache crop)
             image, source = np.asarray(self.cached[0][i]), self.cached[1][i]
-        out = self.transform(image, r.points, box, visible, rng, params=params, source=source)
+        elif self.canvas is not None:
+            side, scale = self.canvas
+            source = crop_affine(r.box_or_points_box(), side, scale)
+            image = warp_crop(read_rgb(r.image), source, side)
+        else:
+            image, source = read_rgb(r.image), None
         s = self.transform.crop_size
+        on_device = self.canvas is not None
+        out = self.transform(image, r.points, box, visible, rng, params=params, source=source, on_device=on_device)
+        pixels = ({"canvas": torch.from_numpy(to_chw_uint8(image)), "crop_size": torch.tensor(s),
+                   **{k: torch.from_numpy(np.asarray(out[k], dtype=np.float32))
+                      for k in ("warp", "color", "blur_kernel", "noise_std", "holes")}}
+                  if on_device else {"image": torch.from_numpy(self.to_image(out["crop"]))})
         return {
-            "image": torch.from_numpy(self.to_image(out["crop"])),
+            **pixels,
             "points": torch.from_numpy(((out["points"] + 0.5) / s).astype(np.float32)),
             "visible": torch.from_numpy(out["visible"].astype(np.float32)),
             "has_visibility": torch.tensor(r.visible is not None),
@@ -108,6 +121,7 @@ class LandmarkDataModule(pl.LightningDataModule):
         cache_size: int = 256,
         cache_margin: float = 1.0,
         image_dtype: str = "float32",
+        augment_on: str = "auto",
         skip_bad: bool = False,
         **_: object,  # config-only keys (data.root, data.<x>_root) that sources interpolate
     ):
@@ -146,6 +160,10 @@ class LandmarkDataModule(pl.LightningDataModule):
         if cache and not cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir (where the crop store is written)")
         self.image_dtype = image_dtype
+        if augment_on not in ("auto", "workers", "device"):
+            raise OptionError(f"data.augment_on={augment_on!r}; expected 'workers' (albumentations in the loader "
+                              "workers), 'device' (the batch, on the model's device) or 'auto' (device on a GPU)")
+        self.augment_on, self.cache_margin = augment_on, cache_margin
         self._sources: dict | None = None
         self.splits: dict[str, list[FaceRecord]] = {}
         self._resume_at = (0, 0)  # (epoch, samples to skip) of the first training iteration; see load_state_dict
@@ -214,8 +232,22 @@ class LandmarkDataModule(pl.LightningDataModule):
         transform = FaceTransform(self.layout, self.crop_size, self.train_aug if train else self.eval_aug, train)
         return transform, self.cache.get(self.splits[split]) if self.cache is not None else None
 
+    def augments_on_device(self) -> bool:
+        """data.augment_on: 'auto' augments on the device when training runs on a GPU."""
+        if self.augment_on != "auto":
+            return self.augment_on == "device"
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def dataset(self, split: str) -> FaceDataset:
-        return FaceDataset(self.splits[split], self.layout, *self.transform_and_cache(split), image_dtype=self.image_dtype)
+        transform, cached = self.transform_and_cache(split)
+        canvas = None
+        if split == "train" and self.augments_on_device():
+            # without the crop cache, one warp per sample spanning the cache's margin at the crop's pixel density
+            scale = 1.0 + self.cache_margin
+            canvas = (int(np.ceil(self.crop_size * scale / self.train_aug.crop_scale)), scale)
+        return FaceDataset(self.splits[split], self.layout, transform, cached, image_dtype=self.image_dtype,
+                           canvas=canvas)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """Training: the order of epoch e is a function of (seed, e) (flmk.data.sampling); evaluation in order.

@@ -7,7 +7,8 @@ rotated landmarks: SRN's recipe); the image is warped once with it, the
 points are mapped with it, and it is kept with the sample so predictions map
 back (docs/ARCHITECTURE.md, "Coordinates"). A flip also permutes point
 indices with the layout's flip map. Photometric augmentation (colour, blur,
-noise, random-erasing occlusion) is albumentations.
+noise, random-erasing occlusion) is albumentations in the loader workers, or, with
+``data.augment_on=device``, the same draws applied to the batch on the device (flmk.data.device_augment).
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from flmk.layouts import Layout
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+# Photometric ranges, shared by the albumentations pipeline and device augmentation [assume, notes §1.3]
+COLOR_JITTER = (0.3, 0.3, 0.3, 0.05)  # brightness, contrast, saturation, hue
+BLUR_KERNEL = (3, 5)                   # Gaussian kernel sizes ...
+BLUR_SIGMA = (0.5, 3.0)                # ... and sigma (albumentations' default)
+NOISE_STD = (0.02, 0.08)               # Gaussian pixel noise σ, fraction of the 0..255 range
+ERASE_HOLES = (1, 2)                   # random-erasing holes per image ...
+ERASE_SIZE = (0.15, 0.4)               # ... each this fraction of the crop's height and width
 
 
 @dataclass
@@ -124,15 +133,15 @@ class FaceTransform:
         photometric = []
         if train:
             if cfg.color > 0:
-                photometric.append(A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=cfg.color))
+                photometric.append(A.ColorJitter(*COLOR_JITTER, p=cfg.color))
             if cfg.blur > 0:
-                photometric.append(A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur))
+                photometric.append(A.GaussianBlur(blur_limit=BLUR_KERNEL, sigma_limit=BLUR_SIGMA, p=cfg.blur))
             if cfg.noise > 0:
-                photometric.append(A.GaussNoise(std_range=(0.02, 0.08), p=cfg.noise))
+                photometric.append(A.GaussNoise(std_range=NOISE_STD, p=cfg.noise))
             if cfg.erase > 0:
                 photometric.append(
-                    A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.15, 0.4),
-                                    hole_width_range=(0.15, 0.4), fill="random", p=cfg.erase)
+                    A.CoarseDropout(num_holes_range=ERASE_HOLES, hole_height_range=ERASE_SIZE,
+                                    hole_width_range=ERASE_SIZE, fill="random", p=cfg.erase)
                 )
         self.photometric = A.Compose(photometric) if photometric else None
 
@@ -166,25 +175,57 @@ class FaceTransform:
             params["box_jitter"] = rng.normal(0.0, 1.0, 4) * np.asarray(c.box_jitter)
         return params
 
+    def sample_photometric(self, rng: np.random.Generator) -> dict:
+        """One sample's photometric draws for device augmentation (flmk.data.device_augment), identity where
+        an operation is off or not drawn: colour (brightness, contrast, saturation, hue shift in turns), a
+        normalised 1D blur kernel, the noise σ and up to ERASE_HOLES[1] holes (x1, y1, x2, y2 in crop pixels)."""
+        c, s = self.cfg, self.crop_size
+        color = np.array([1.0, 1.0, 1.0, 0.0])
+        if c.color > 0 and rng.random() < c.color:
+            b, k, t, h = COLOR_JITTER
+            color = np.array([*rng.uniform([1 - b, 1 - k, 1 - t], [1 + b, 1 + k, 1 + t]), rng.uniform(-h, h)])
+        r = BLUR_KERNEL[1] // 2
+        kernel = (np.arange(-r, r + 1) == 0).astype(np.float64)
+        if c.blur > 0 and rng.random() < c.blur:
+            size, sigma = rng.choice(np.arange(BLUR_KERNEL[0], BLUR_KERNEL[1] + 1, 2)), rng.uniform(*BLUR_SIGMA)
+            taps = np.arange(-r, r + 1)
+            kernel = np.where(np.abs(taps) <= size // 2, np.exp(-0.5 * (taps / sigma) ** 2), 0.0)
+            kernel /= kernel.sum()
+        noise = rng.uniform(*NOISE_STD) if c.noise > 0 and rng.random() < c.noise else 0.0
+        holes = np.zeros((ERASE_HOLES[1], 4))
+        if c.erase > 0 and rng.random() < c.erase:
+            for i in range(rng.integers(ERASE_HOLES[0], ERASE_HOLES[1] + 1)):
+                hh, ww = (rng.uniform(*ERASE_SIZE, 2) * s).astype(int)
+                y, x = rng.integers(0, s - hh + 1), rng.integers(0, s - ww + 1)
+                holes[i] = (x, y, x + ww, y + hh)
+        return dict(color=color, blur_kernel=kernel, noise_std=noise, holes=holes)
+
     def __call__(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, visible: np.ndarray,
-                 rng: np.random.Generator, params: dict | None = None, source: np.ndarray | None = None) -> dict:
+                 rng: np.random.Generator, params: dict | None = None, source: np.ndarray | None = None,
+                 on_device: bool = False) -> dict:
         """``params`` (from :meth:`sample_params`) share one geometry across the frames of a clip;
-        ``source`` is the affine (original -> ``image`` pixels) of an image that is already a crop (the cache)."""
+        ``source`` is the affine (original -> ``image`` pixels) of an image that is already a crop (the cache).
+        ``on_device``: draw everything but leave the pixels (the warp of ``image`` and the photometric steps) to
+        flmk.data.device_augment: the result has ``warp`` (``image`` -> crop pixels) and the photometric draws
+        instead of ``crop``."""
         p = dict(self.sample_params(rng) if params is None else params)
         jitter = p.pop("box_jitter", None)
         if jitter is not None:
             box = jittered_landmark_box(points, p["rotation_deg"], jitter)
         m = crop_affine(box, self.crop_size, self.cfg.crop_scale, **p)
         warp = m if source is None else compose_affine(m, invert_affine(source))
-        crop = warp_crop(image, warp, self.crop_size)
         pts = apply_affine(m, points)
         if p["flip"]:
             perm = self.layout.flip_index
             pts, visible = pts[perm], visible[perm]
+        out = dict(points=pts, visible=visible, affine=m, flipped=p["flip"])
+        if on_device:
+            return dict(out, warp=warp, **self.sample_photometric(rng))
+        crop = warp_crop(image, warp, self.crop_size)
         if self.photometric is not None:  # seeded from the sample's RNG so a fixed seed repeats exactly
             self.photometric.set_random_seed(int(rng.integers(2**31)))
             crop = self.photometric(image=crop)["image"]
-        return dict(crop=crop, points=pts, visible=visible, affine=m, flipped=p["flip"])
+        return dict(out, crop=crop)
 
 
 def to_tensor_image(crop: np.ndarray) -> np.ndarray:
@@ -206,14 +247,15 @@ def to_chw_uint8(crop: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crop.transpose(2, 0, 1))
 
 
-def normalise_image(x: "torch.Tensor") -> "torch.Tensor":
-    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, as :func:`to_tensor_image`; float input is returned as is.
+def normalise_image(x: "torch.Tensor", scale: float | None = None) -> "torch.Tensor":
+    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, as :func:`to_tensor_image`; float input is returned as is,
+    unless ``scale`` gives its range (255.0 for float crops in 0..255, as device augmentation makes them).
 
     torch is imported here, not above: the numpy crop path (the ONNX backend) runs without torch."""
     import torch
 
-    if x.dtype != torch.uint8:
+    if x.dtype != torch.uint8 and scale is None:
         return x
     mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
     std = torch.as_tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x.float() / (scale or 255.0) - mean) / std

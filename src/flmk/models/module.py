@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from flmk.data.transforms import normalise_image
+from flmk.data.device_augment import finish_batch
 from flmk.layouts import get_layout
 from flmk.metrics import LandmarkMetrics, jitter_terms
 
@@ -146,9 +146,8 @@ class LandmarkModule(pl.LightningModule):
         return self.net(image)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """uint8 crops (data.image_dtype=uint8) are normalised here, on the device."""
-        batch["image"] = normalise_image(batch["image"])
-        return batch
+        """Device augmentation (data.augment_on=device) and the normalisation of uint8 crops run here, on the device."""
+        return finish_batch(batch)
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
