@@ -2,12 +2,15 @@
 measured epochs.
 
     python experiments/table_walltime.py --out DIR --table odn/table4 [--per-gpu K] [--epochs 3]
-        [--train-batches 40] [--size 1024] [--rows a,b] [flmk.train overrides, e.g. trainer=gpu ...]
+        [--train-batches 40] [--size 1280] [--rows a,b] [flmk.train overrides, e.g. trainer=gpu ...]
 
 1. Data: synthetic faces (flmk.data.synth) laid out as the 300W release (afw/, helen/{trainset,testset}/,
    lfpw/{trainset,testset}/, ibug/; at --n 3148: 3,148 training faces, of which data=300w holds 5 % out for
    validation, and 554 common + 135 challenging test faces), so the table's own data config reads them through
-   data.root. Generated once under --data-dir and reused by every row and table.
+   data.root. Generated once under --data-dir, its images checked once (data.cache_dir beside it, as a user's
+   dataset is checked before its first run), and reused by every row and table. --size 1280 (1.6 MP JPEGs):
+   300W's training images are mostly HELEN's (2,000 of 3,148; ten of them in the fixtures average 2.2 MP), with
+   smaller AFW and LFPW ones; synthetic and real JPEGs cost about the same to decode per pixel.
 2. Measurement: every row trains exactly as a user runs the table (`python -m flmk.train -m experiment=<table>
    hydra/launcher=gpu_pack hydra.launcher.per_gpu=K <overrides>`), for --epochs epochs of at most
    --train-batches batches each, with its full validation every epoch and its full test at the end, timed by
@@ -210,7 +213,10 @@ def read_jobs(sweep: Path) -> list[dict]:
     return sorted(jobs, key=lambda j: j["num"])
 
 
-def table_times(jobs: list[dict], epochs_of: dict[str, float], gpus: list[str], per_gpu: int) -> dict:
+def table_times(jobs: list[dict], epochs_of: dict[str, float], gpus: list[str], per_gpu: int,
+                sweep_wall_s: float) -> dict:
+    """Rows extrapolated and packed; the table's wall time adds the launcher's own start (the measured sweep's
+    wall time outside its rows' span: composing every job's config) to the packed rows."""
     rows = []
     for job in jobs:
         model = row_model(job["times"], job["launcher"]["seconds"])
@@ -219,19 +225,20 @@ def table_times(jobs: list[dict], epochs_of: dict[str, float], gpus: list[str], 
         rows.append({"row": job["row"], "seed": job["seed"], "folder": job["folder"], **model,
                      "schedule_epochs": epochs, "extrapolated_s": seconds, "extrapolated_h": seconds / 3600,
                      "peak_gpu_mem_GiB": job["peak_gpu_mem_GiB"]})
-    wall, plan = pack([r["extrapolated_s"] for r in rows], gpus, per_gpu)
+    makespan, plan = pack([r["extrapolated_s"] for r in rows], gpus, per_gpu)
     for r, p in zip(rows, plan):
         r["schedule"] = p
-    measured_wall, _ = pack([j["launcher"]["seconds"] for j in jobs], gpus, per_gpu)
-    starts, ends = [j["launcher"]["start"] for j in jobs], [j["launcher"]["end"] for j in jobs]
-    total = sum(r["extrapolated_s"] for r in rows)
+    measured_makespan, _ = pack([j["launcher"]["seconds"] for j in jobs], gpus, per_gpu)
+    span = max(j["launcher"]["end"] for j in jobs) - min(j["launcher"]["start"] for j in jobs)
+    launcher_s = sweep_wall_s - span
+    wall, total = launcher_s + makespan, sum(r["extrapolated_s"] for r in rows)
     return {
         "rows": rows,
         "table": {"gpus": len(gpus), "per_gpu": per_gpu, "packed_wall_s": wall, "packed_wall_h": wall / 3600,
-                  "sum_rows_s": total, "sum_rows_h": total / 3600},
+                  "launcher_s": launcher_s, "sum_rows_s": total, "sum_rows_h": total / 3600},
         # the schedule model checked on the measurement itself: its rows' measured walls, packed as gpu_pack does,
         # against the span gpu_pack took
-        "measured_sweep": {"span_s": max(ends) - min(starts), "packed_from_rows_s": measured_wall},
+        "measured_sweep": {"wall_s": sweep_wall_s, "span_s": span, "packed_from_rows_s": measured_makespan},
     }
 
 
@@ -266,7 +273,9 @@ def markdown(result: dict) -> str:
         "",
         f"Synthetic faces in 300W's layout ({data['counts_text']}), {data['size']}-px JPEGs; each row measured for "
         f"{m['epochs']} epochs of {m['train_batches'] or 'all its'} training batches with full validation and test, "
-        f"packed as below; rates are steady state (epochs after the first). Machine: "
+        f"{packed} as in the table run; rates are steady state (epochs after the first), and each row is "
+        f"extrapolated to its schedule as overhead + warm-up + epochs x (training + validation + gap) + test. "
+        f"Machine: "
         f"{', '.join(result['machine']['gpus']) or result['machine']['cpu']}, {result['machine']['cpu_cores']} CPU "
         f"cores, torch {result['machine']['torch']}.",
         "",
@@ -276,16 +285,16 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         peak = "–" if r["peak_gpu_mem_GiB"] is None else f"{r['peak_gpu_mem_GiB']:.2f}"
-        lines.append(f"| {r['row']} | {r['seed']} | {r['img_s']:.0f} | {r['s_per_epoch']:.1f} | "
+        lines.append(f"| {r['row']} | {r['seed']} | {r['img_s']:.{0 if r['img_s'] >= 10 else 2}f} | "
+                     f"{r['s_per_epoch']:.1f} | "
                      f"{r['val_s_per_epoch']:.1f} | {r['test_s']:.1f} | {r['overhead_s'] + r['warmup_s']:.0f} | "
                      f"{r['schedule_epochs']:g} | {r['extrapolated_h']:.2f} | {peak} |")
     lines += [
         "",
-        f"**Whole table: {t['packed_wall_h']:.2f} h wall** on {where}, {packed} "
-        f"(sum of the rows: {t['sum_rows_h']:.2f} h).",
-        f"Measurement: {m['wall_s']:.0f} s for the sweep (gpu_pack's span {result['measured_sweep']['span_s']:.0f} s; "
-        f"the same schedule model from its rows' measured walls: "
-        f"{result['measured_sweep']['packed_from_rows_s']:.0f} s).",
+        f"**Whole table: {t['packed_wall_h']:.2f} h wall** on {where}, {packed} (the launcher's start, "
+        f"{t['launcher_s']:.0f} s, included; sum of the rows: {t['sum_rows_h']:.2f} h).",
+        f"Measurement: {m['wall_s']:.0f} s for the sweep; its rows ran over {result['measured_sweep']['span_s']:.0f} s "
+        f"(the schedule model on their measured walls: {result['measured_sweep']['packed_from_rows_s']:.0f} s).",
         "",
         "```bash",
         result["command_text"],
@@ -305,13 +314,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=3, help="epochs measured per row (the first is warm-up)")
     ap.add_argument("--train-batches", type=int, default=40, help="training batches per measured epoch (0: all)")
     ap.add_argument("--n", type=int, default=W300_N, help="synthetic training faces (300W: 3148)")
-    ap.add_argument("--size", type=int, default=1024, help="synthetic image side in pixels")
+    ap.add_argument("--size", type=int, default=1280, help="synthetic image side in pixels (1280: 1.6 MP)")
     ap.add_argument("--data-dir", type=Path, help="where the synthetic data is made once (default: <out>/data)")
     ap.add_argument("--workers", type=int, help="processes generating the data (default: every core)")
     ap.add_argument("overrides", nargs="*", help="flmk.train overrides for every row, e.g. trainer=gpu")
     args = ap.parse_intermixed_args(argv)
     if args.epochs < 1 or args.train_batches < 0:
         raise SystemExit(f"--epochs must be >= 1 and --train-batches >= 0, got {args.epochs} and {args.train_batches}")
+    from flmk.data.images import verify_images
     from hydra_plugins.flmk_launchers.gpu_pack import visible_gpus
 
     out = args.out.resolve()
@@ -326,9 +336,12 @@ def main(argv: list[str] | None = None) -> dict:
     per_gpu = args.per_gpu or (math.ceil(len(rows) / len(gpus)) if gpus else 1)
 
     start = time.monotonic()
-    data = synthetic_300w((args.data_dir or out / "data").resolve(), args.n, args.size, workers=args.workers)
+    data_dir = (args.data_dir or out / "data").resolve()
+    data = synthetic_300w(data_dir, args.n, args.size, workers=args.workers)
+    # checked once here, as a user's dataset is before its first table: no row decodes every image at its start
+    verify_images(sorted(data.glob("**/*.jpg")), data_dir / "cache")
     data_s = time.monotonic() - start
-    user = [f"data.root={data}", f"data.cache_dir={out / 'cache'}", *args.overrides]
+    user = [f"data.root={data}", f"data.cache_dir={data_dir / 'cache'}", *args.overrides]
     measure = [o for o in user if o.lstrip("+~").split("=", 1)[0] not in MEASUREMENT_KEYS]
     cmd = [sys.executable, "-m", "flmk.train", "-m", f"experiment={args.table}",
            *([f"ablation={args.rows}"] if args.rows else []), *measure,
@@ -361,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         "table_name": args.table,
         "machine": machine(),
         "data": {"root": str(data), "synthetic": True, "size": args.size, "n": args.n, "counts": counts,
-                 "generate_s": data_s,
+                 "prepare_s": data_s, "checked_before_the_rows": True,
                  "counts_text": f"{train:,} training faces, {common:,} common + {challenging:,} challenging test "
                                 f"faces"},
         "measurement": {"epochs": args.epochs, "train_batches": args.train_batches, "per_gpu": per_gpu,
@@ -369,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "validation": "full, every epoch", "test": "full, once per row"},
         "command": cmd,
         "command_text": shlex.join(["python", *cmd[1:]]),
-        **table_times(jobs, epochs_of, gpus, per_gpu),
+        **table_times(jobs, epochs_of, gpus, per_gpu, wall_s),
     }
     (out / "table_walltime.json").write_text(json.dumps(result, indent=2))
     text = markdown(result)

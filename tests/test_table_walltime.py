@@ -99,6 +99,22 @@ def test_pack_follows_gpu_packs_order():
     assert wall == 4.0
 
 
+def test_table_times_extrapolates_every_job_and_packs_them_after_the_launcher():
+    times = record([(100, 10.0, 20, 2.0, 0.0), (100, 5.0, 20, 1.0, 12.0)],
+                   {"train": 100, "train_batches": 10, "val": 20, "test": 50}, (4.0, 50))
+    jobs = [{"row": row, "seed": 0, "folder": f"{i}_{row}", "times": times, "peak_gpu_mem_GiB": 1.0,
+             "launcher": {"start": 100.0 + i, "end": 130.0 + i, "seconds": 30.0}}
+            for i, row in enumerate(["a", "b", "a"])]
+    result = tw.table_times(jobs, {"a": 60, "b": 30}, ["0"], per_gpu=2, sweep_wall_s=40.0)
+    a, b = (tw.row_seconds(tw.row_model(times, 30.0), e) for e in (60, 30))
+    assert [r["extrapolated_s"] for r in result["rows"]] == pytest.approx([a, b, a])
+    table = result["table"]
+    assert table["launcher_s"] == pytest.approx(40.0 - 32.0)  # the sweep's wall outside its rows' span
+    assert table["packed_wall_s"] == pytest.approx(8.0 + b + a)  # the third job waits for the shorter second one
+    assert table["sum_rows_s"] == pytest.approx(2 * a + b)
+    assert result["measured_sweep"]["packed_from_rows_s"] == pytest.approx(60.0)
+
+
 def test_schedule_epochs_from_max_epochs_or_max_steps():
     assert tw.schedule_epochs(OmegaConf.create({"max_epochs": 60, "max_steps": -1}), 93) == 60
     assert tw.schedule_epochs(OmegaConf.create({"max_epochs": -1, "max_steps": 1000}), 100) == 10
@@ -162,8 +178,10 @@ def test_a_two_row_table_on_the_cpu(tmp_path):
         assert r["extrapolated_s"] == pytest.approx(tw.row_seconds(r, 60)) and r["extrapolated_s"] > 0
         assert tw.row_seconds(r, 120) - r["extrapolated_s"] == pytest.approx(60 * r["s_per_epoch"])
         assert (out / "sweep" / r["folder"] / "launcher.json").exists()
-    table = result["table"]  # both rows at once: the table takes as long as its longest row
-    assert table["packed_wall_s"] == pytest.approx(max(r["extrapolated_s"] for r in result["rows"]))
+    table = result["table"]  # both rows at once: the table takes as long as its longest row (after the launcher)
+    assert 0 < table["launcher_s"] < result["measurement"]["wall_s"]
+    longest = max(r["extrapolated_s"] for r in result["rows"])
+    assert table["packed_wall_s"] == pytest.approx(table["launcher_s"] + longest)
     assert table["sum_rows_s"] == pytest.approx(sum(r["extrapolated_s"] for r in result["rows"]))
     assert "| odn/brnet |" in (out / "table_walltime.md").read_text()
 
