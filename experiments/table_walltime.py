@@ -14,12 +14,15 @@ measured epochs.
 2. Measurement: every row trains exactly as a user runs the table (`python -m flmk.train -m experiment=<table>
    hydra/launcher=gpu_pack hydra.launcher.per_gpu=K <overrides>`), for --epochs epochs of at most
    --train-batches batches each, with its full validation every epoch and its full test at the end, timed by
-   flmk.bench.RowTimes (per epoch: training, validation, the gap to the next epoch; the test) and by the
+   flmk.bench.RowTimes (per epoch: training, validation, after validation, the gap to the next epoch; the test)
+   and by the
    launcher's launcher.json (the row's process from start to exit).
 3. Extrapolation, per row, to its own schedule (E = trainer.max_epochs of its composed config, or max_steps
    over the batches of a full epoch when that ends it first):
-       overhead + warm-up + E x (full epoch's images / steady img/s + validation) + (E - 1) x gap + test
-   steady = the epochs after the first; warm-up = the first epoch's excess over a steady one; overhead = the
+       overhead + warm-up + E x (full epoch's images / steady img/s + validation + after validation)
+       + (E - 1) x gap + test
+   steady = the epochs after the first; "after validation" = its metrics and the checkpoints (per epoch, not per
+   image); warm-up = the first epoch's excess over a steady one; overhead = the
    row's wall time outside its epochs, gaps and test (interpreter start, data setup, model build, checkpoint
    reload, teardown). The rates are those measured while K rows shared each GPU.
 4. The table: the rows scheduled as gpu_pack runs them (K at a time per GPU, in job order, the next as soon as
@@ -147,11 +150,12 @@ def row_model(times: dict, wall_s: float) -> dict:
     img_s = steady_img_s([{"images": e["images"], "seconds": e["train_seconds"]} for e in steady])
     val_images = sum(e["val_images"] for e in steady)
     val_s_per_image = sum(e["val_seconds"] for e in steady) / val_images if val_images else 0.0
+    post_s = sum(e["post_val_seconds"] for e in steady) / len(steady)  # validation metrics, checkpoints
     gaps = [b["start"] - a["end"] for a, b in zip(epochs, epochs[1:])]  # after each epoch, to the next one
     steady_gaps = gaps[1:] or gaps
     gap_s = sum(steady_gaps) / len(steady_gaps) if gaps else 0.0
     first = epochs[0]
-    warmup_s = (first["seconds"] - (first["images"] / img_s + first["val_images"] * val_s_per_image)
+    warmup_s = (first["seconds"] - (first["images"] / img_s + first["val_images"] * val_s_per_image + post_s)
                 + (gaps[0] - gap_s if gaps else 0.0))  # the first epoch's and first gap's excess over steady ones
     test_s = test["seconds"] * full["test"] / test["images"] if test["images"] else 0.0
     return {
@@ -162,8 +166,9 @@ def row_model(times: dict, wall_s: float) -> dict:
         "full_epoch_batches": full["train_batches"],
         "train_s_per_epoch": full["train"] / img_s,
         "val_s_per_epoch": val_s_per_image * full.get("val", 0),
+        "post_val_s": post_s,
         "gap_s": gap_s,
-        "s_per_epoch": full["train"] / img_s + val_s_per_image * full.get("val", 0) + gap_s,
+        "s_per_epoch": full["train"] / img_s + val_s_per_image * full.get("val", 0) + post_s + gap_s,
         "warmup_s": warmup_s,
         "test_s": test_s,
         "test_images": full.get("test", 0) if test["images"] else 0,
@@ -274,20 +279,21 @@ def markdown(result: dict) -> str:
         f"Synthetic faces in 300W's layout ({data['counts_text']}), {data['size']}-px JPEGs; each row measured for "
         f"{m['epochs']} epochs of {m['train_batches'] or 'all its'} training batches with full validation and test, "
         f"{packed} as in the table run; rates are steady state (epochs after the first), and each row is "
-        f"extrapolated to its schedule as overhead + warm-up + epochs x (training + validation + gap) + test. "
+        f"extrapolated to its schedule as overhead + warm-up + epochs x (training + validation + checkpoints + "
+        f"gap) + test. "
         f"Machine: "
         f"{', '.join(result['machine']['gpus']) or result['machine']['cpu']}, {result['machine']['cpu_cores']} CPU "
         f"cores, torch {result['machine']['torch']}.",
         "",
-        "| row | seed | img/s | s/epoch (train + val) | val s/epoch | test s | overhead + warm-up s | epochs "
-        "| row h | peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | seed | img/s | s/epoch | val s/epoch | ckpt + gap s/epoch | test s | overhead + warm-up s "
+        "| epochs | row h | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         peak = "–" if r["peak_gpu_mem_GiB"] is None else f"{r['peak_gpu_mem_GiB']:.2f}"
         lines.append(f"| {r['row']} | {r['seed']} | {r['img_s']:.{0 if r['img_s'] >= 10 else 2}f} | "
-                     f"{r['s_per_epoch']:.1f} | "
-                     f"{r['val_s_per_epoch']:.1f} | {r['test_s']:.1f} | {r['overhead_s'] + r['warmup_s']:.0f} | "
+                     f"{r['s_per_epoch']:.1f} | {r['val_s_per_epoch']:.1f} | {r['post_val_s'] + r['gap_s']:.1f} | "
+                     f"{r['test_s']:.1f} | {r['overhead_s'] + r['warmup_s']:.0f} | "
                      f"{r['schedule_epochs']:g} | {r['extrapolated_h']:.2f} | {peak} |")
     lines += [
         "",

@@ -6,8 +6,10 @@
 # One synthetic set in 300W's layout (3,148 training faces, SIZE-px JPEGs) is made once and serves every table.
 # Usage: bash experiments/table_walltime.sh <out_dir> [odn_table4] [hm1d_table1]     (default: both)
 #   PER_GPU_ODN=3, PER_GPU_HM1D=5: rows at once per GPU (defaults: every row of the table in one wave on 2 GPUs).
-#   EPOCHS=3 (the first is warm-up), BATCHES=40, SIZE=1280, EXTRA="key=value ..." (flmk.train overrides for every
-#   row, e.g. data.cache=true). Writes <out_dir>/<table>/table_walltime.{json,md} and prints the Markdown.
+#   EPOCHS=3 (the first is warm-up), BATCHES=40, SIZE=1280, DATA=<out_dir>/data (where the images are made, about
+#   1.4 GB), EXTRA="key=value ..." (flmk.train overrides for every row, e.g. data.cache=true).
+#   Writes <out_dir>/<table>/table_walltime.{json,md} (and the measured rows in <out_dir>/<table>/sweep); prints the
+#   Markdown.
 set -u
 source "$(dirname "$0")/require_gpu.sh"
 require_gpu cpu-ok
@@ -17,7 +19,7 @@ TABLES=${*:-odn_table4 hm1d_table1}
 PY=${PY:-python3}
 SCRIPT="$(dirname "$0")/table_walltime.py"
 # ODN starts from ImageNet weights in its preset; they do not change the speed, and the GPU host has no network.
-COMMON=(--epochs "${EPOCHS:-3}" --train-batches "${BATCHES:-40}" --size "${SIZE:-1280}" --data-dir "$OUT/data"
+COMMON=(--epochs "${EPOCHS:-3}" --train-batches "${BATCHES:-40}" --size "${SIZE:-1280}" --data-dir "${DATA:-$OUT/data}"
         "trainer=${TRAINER:-gpu}" callbacks.progress_bar=null ${EXTRA:-})
 rc=0
 for t in $TABLES; do case $t in

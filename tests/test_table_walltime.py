@@ -24,11 +24,14 @@ tw = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tw)
 
 
-def record(epochs: list[tuple[int, float, int, float, float]], full: dict, test: tuple[float, int]) -> dict:
-    """A RowTimes record from (images, train s, val images, val s, start) per epoch."""
-    return {"epochs": [{"images": i, "train_seconds": t, "val_images": vi, "val_seconds": v, "seconds": t + v,
-                        "start": s, "end": s + t + v} for i, t, vi, v, s in epochs],
-            "full": full, "test": {"seconds": test[0], "images": test[1]}}
+def record(epochs: list[tuple], full: dict, test: tuple[float, int]) -> dict:
+    """A RowTimes record from (images, train s, val images, val s, start[, after-validation s]) per epoch."""
+    out = []
+    for i, t, vi, v, s, *post in epochs:
+        post = post[0] if post else 0.0
+        out.append({"images": i, "train_seconds": t, "val_images": vi, "val_seconds": v, "post_val_seconds": post,
+                    "seconds": t + v + post, "start": s, "end": s + t + v + post})
+    return {"epochs": out, "full": full, "test": {"seconds": test[0], "images": test[1]}}
 
 
 def test_w300_counts_are_the_release_at_its_size_and_scale_down():
@@ -69,15 +72,18 @@ def test_row_model_reproduces_a_measured_run_and_is_linear_in_epochs():
 
 
 def test_row_model_scales_limited_epochs_to_full_ones():
-    # 2 epochs of 40 of 300 images at 20 img/s; validation and test measured on half their images
-    times = record([(40, 4.0, 10, 1.0, 0.0), (40, 2.0, 10, 0.5, 5.0)],
+    # 2 epochs of 40 of 300 images at 20 img/s; validation and test measured on half their images; checkpoints
+    # 0.5 s an epoch, whatever its length
+    times = record([(40, 4.0, 10, 1.0, 0.0, 0.7), (40, 2.0, 10, 0.5, 5.7, 0.5)],
                    {"train": 300, "train_batches": 30, "val": 20, "test": 100}, (3.0, 50))
     model = tw.row_model(times, wall_s=30.0)
     assert model["train_s_per_epoch"] == pytest.approx(300 / 20.0)
     assert model["val_s_per_epoch"] == pytest.approx(1.0)
+    assert model["post_val_s"] == pytest.approx(0.5)  # not scaled by 300 / 40
     assert model["test_s"] == pytest.approx(6.0)
-    assert model["s_per_epoch"] == pytest.approx(15.0 + 1.0 + 0.0)  # one gap: steady by definition, no excess
-    assert tw.row_seconds(model, 60) - tw.row_seconds(model, 30) == pytest.approx(30 * 16.0)
+    assert model["s_per_epoch"] == pytest.approx(15.0 + 1.0 + 0.5 + 0.0)  # one gap: steady by definition
+    assert model["warmup_s"] == pytest.approx(5.7 - (2.0 + 0.5 + 0.5))
+    assert tw.row_seconds(model, 60) - tw.row_seconds(model, 30) == pytest.approx(30 * 16.5)
 
 
 def test_gpu_pack_records_each_jobs_time(tmp_path):
@@ -134,7 +140,7 @@ def test_table_rows_and_schedules_come_from_the_presets():
 
 def test_row_times_splits_validation_and_test_out_of_training(tmp_path, synthetic_root):
     cfg = compose_train(["model=baseline", "model.crop_size=64", "model.pretrained=false", "trainer.max_epochs=2",
-                         "trainer.limit_train_batches=2", "callbacks.model_checkpoint=null",
+                         "trainer.limit_train_batches=2",
                          "+callbacks.row_times={_target_:flmk.bench.RowTimes,out:row_times.json}"],
                         tmp_path, synthetic_root)
     train(cfg)
@@ -145,8 +151,9 @@ def test_row_times_splits_validation_and_test_out_of_training(tmp_path, syntheti
     assert [e["val_images"] for e in times["epochs"]] == [2, 2]
     assert times["test"]["images"] == 8 and times["test"]["seconds"] > 0
     for e in times["epochs"]:
-        assert e["train_seconds"] + e["val_seconds"] == pytest.approx(e["seconds"])
-        assert 0 < e["val_seconds"] < e["seconds"] and e["end"] == pytest.approx(e["start"] + e["seconds"])
+        assert e["train_seconds"] + e["val_seconds"] + e["post_val_seconds"] == pytest.approx(e["seconds"])
+        assert min(e["train_seconds"], e["val_seconds"], e["post_val_seconds"]) > 0  # checkpoints after validation
+        assert e["end"] == pytest.approx(e["start"] + e["seconds"])
     assert times["epochs"][0]["end"] <= times["epochs"][1]["start"]
 
 

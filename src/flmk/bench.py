@@ -135,15 +135,16 @@ def _full_images(loader) -> int:
 
 class RowTimes(EpochThroughput):
     """Where one run's time goes, for experiments/table_walltime.py: EpochThroughput's training epochs (whose
-    ``seconds`` include the validation inside them) with that validation split out (``val_seconds``,
-    ``val_images``; ``train_seconds`` is the rest; ``start`` and ``end`` place it in time, so the gaps between
-    epochs show), the test, and the images (and training batches) a full pass of each loader yields (what the run
-    would see without ``trainer.limit_*_batches``). A relative ``out`` lands in the run folder. Written after
-    fitting and again after testing."""
+    ``seconds`` include the validation inside them) split into training (``train_seconds``), validation
+    (``val_seconds``, ``val_images``) and what follows it before the epoch ends (``post_val_seconds``: the
+    validation metrics and the checkpoints, a cost per epoch rather than per image), with ``start`` and ``end``
+    placing the epoch in time (the gaps between epochs show); the test; and the images (and training batches) a
+    full pass of each loader yields (what the run would see without ``trainer.limit_*_batches``). A relative
+    ``out`` lands in the run folder. Written after fitting and again after testing."""
 
     def __init__(self, out: str = "row_times.json"):
         super().__init__(out)
-        self.val = {"seconds": 0.0, "images": 0}
+        self.val = {"seconds": 0.0, "images": 0, "end": None}
         self.test = {"seconds": 0.0, "images": 0}
         self.full: dict[str, int] = {}
         self.stage_start = 0.0
@@ -155,7 +156,7 @@ class RowTimes(EpochThroughput):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        self.val = {"seconds": 0.0, "images": 0}
+        self.val = {"seconds": 0.0, "images": 0, "end": None}
         self.full["train"] = _full_images(trainer.train_dataloader)
         self.full["train_batches"] = len(trainer.train_dataloader)
 
@@ -171,14 +172,17 @@ class RowTimes(EpochThroughput):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             _sync(pl_module.device)
-            self.val["seconds"] += time.perf_counter() - self.stage_start
+            self.val["end"] = time.perf_counter()
+            self.val["seconds"] += self.val["end"] - self.stage_start
             self.full["val"] = sum(_full_images(d) for d in _loaders(trainer.val_dataloaders))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         epoch, start = self.epochs[-1], self.start - self.t0
-        epoch.update(val_seconds=self.val["seconds"], val_images=self.val["images"],
-                     train_seconds=epoch["seconds"] - self.val["seconds"], start=start, end=start + epoch["seconds"])
+        post = self.start + epoch["seconds"] - self.val["end"] if self.val["end"] is not None else 0.0
+        epoch.update(val_seconds=self.val["seconds"], val_images=self.val["images"], post_val_seconds=post,
+                     train_seconds=epoch["seconds"] - self.val["seconds"] - post, start=start,
+                     end=start + epoch["seconds"])
 
     def on_test_start(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
