@@ -94,6 +94,12 @@ def _timed(fn, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _batch_images(batch: dict) -> int:
+    """Images in a batch (frames for clips)."""
+    image = batch["image"]
+    return image.shape[0] * (image.shape[1] if image.dim() == 5 else 1)
+
+
 class EpochThroughput(pl.Callback):
     """Training images per second of every epoch (all ranks' images on rank 0's clock), written as JSON."""
 
@@ -105,8 +111,7 @@ class EpochThroughput(pl.Callback):
         self.images, self.start = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        image = batch["image"]
-        self.images += image.shape[0] * (image.shape[1] if image.dim() == 5 else 1)
+        self.images += _batch_images(batch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
@@ -117,6 +122,89 @@ class EpochThroughput(pl.Callback):
         if trainer.is_global_zero:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.out.write_text(json.dumps({"world_size": trainer.world_size, "epochs": self.epochs}, indent=2))
+
+
+def _loaders(loaders) -> list:
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def _full_images(loader) -> int:
+    """Images one full pass of a loader yields (its last partial batch dropped if it drops it)."""
+    return len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+
+
+class RowTimes(EpochThroughput):
+    """Where one run's time goes, for experiments/table_walltime.py: EpochThroughput's training epochs (whose
+    ``seconds`` include the validation inside them) split into training (``train_seconds``), validation
+    (``val_seconds``, ``val_images``) and what follows it before the epoch ends (``post_val_seconds``: the
+    validation metrics and the checkpoints, a cost per epoch rather than per image), with ``start`` and ``end``
+    placing the epoch in time (the gaps between epochs show); the test; and the images (and training batches) a
+    full pass of each loader yields (what the run would see without ``trainer.limit_*_batches``). A relative
+    ``out`` lands in the run folder. Written after fitting and again after testing."""
+
+    def __init__(self, out: str = "row_times.json"):
+        super().__init__(out)
+        self.val = {"seconds": 0.0, "images": 0, "end": None}
+        self.test = {"seconds": 0.0, "images": 0}
+        self.full: dict[str, int] = {}
+        self.stage_start = 0.0
+        self.t0 = time.perf_counter()  # epochs' start and end: seconds after this callback was made
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.out.is_absolute():
+            self.out = Path(trainer.default_root_dir) / self.out
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.val = {"seconds": 0.0, "images": 0, "end": None}
+        self.full["train"] = _full_images(trainer.train_dataloader)
+        self.full["train_batches"] = len(trainer.train_dataloader)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            _sync(pl_module.device)
+            self.stage_start = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self.val["images"] += _batch_images(batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            _sync(pl_module.device)
+            self.val["end"] = time.perf_counter()
+            self.val["seconds"] += self.val["end"] - self.stage_start
+            self.full["val"] = sum(_full_images(d) for d in _loaders(trainer.val_dataloaders))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        epoch, start = self.epochs[-1], self.start - self.t0
+        post = self.start + epoch["seconds"] - self.val["end"] if self.val["end"] is not None else 0.0
+        epoch.update(val_seconds=self.val["seconds"], val_images=self.val["images"], post_val_seconds=post,
+                     train_seconds=epoch["seconds"] - self.val["seconds"] - post, start=start,
+                     end=start + epoch["seconds"])
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.test, self.stage_start = {"seconds": 0.0, "images": 0}, time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.test["images"] += _batch_images(batch)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.test["seconds"] = time.perf_counter() - self.stage_start
+        self.full["test"] = sum(_full_images(d) for d in _loaders(trainer.test_dataloaders))
+        self.write(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.write(trainer)
+
+    def write(self, trainer) -> None:
+        if trainer.is_global_zero:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(json.dumps({"world_size": trainer.world_size, "epochs": self.epochs,
+                                            "test": self.test, "full": self.full}, indent=2))
 
 
 def steady_img_s(epochs: list[dict]) -> float:

@@ -3,10 +3,13 @@
 One row of an ablation table rarely fills an H200, so the launcher keeps `per_gpu` rows training on every
 visible GPU at once (a row sees one GPU through CUDA_VISIBLE_DEVICES) and starts the next row as soon as one
 ends. Each job runs `python -m <entry point> <its overrides> hydra.run.dir=<its sweep folder>`, so a job
-folder holds exactly what the basic launcher's would (.hydra/, metrics.json, checkpoints) and `flmk.report`
-reads the sweep folder unchanged. Without a GPU, `per_gpu` rows run side by side on the CPU.
+folder holds exactly what the basic launcher's would (.hydra/, metrics.json, checkpoints), plus the row's output
+(launcher.log) and launcher.json (its job number, GPU, wall-clock start and end, seconds and exit status: what
+experiments/table_walltime.py schedules from), and `flmk.report` reads the sweep folder unchanged. Without a GPU,
+`per_gpu` rows run side by side on the CPU.
 """
 
+import json
 import logging
 import os
 import queue
@@ -114,9 +117,12 @@ class GpuPackLauncher(Launcher):
                 cmd = [sys.executable, "-m", module, *overrides, "hydra.mode=RUN", f"hydra.run.dir={job_dir}"]
                 log.info(f"\t#{idx} on {'GPU ' + gpu if gpu is not None else 'CPU'}: "
                          f"{' '.join(filter_overrides(overrides))}")
-                start = time.monotonic()
+                start, wall_start = time.monotonic(), time.time()
                 with open(job_dir / "launcher.log", "w") as out:
                     rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+                (job_dir / "launcher.json").write_text(json.dumps({
+                    "job": idx, "gpu": gpu, "start": wall_start, "end": time.time(),
+                    "seconds": time.monotonic() - start, "returncode": rc}))
                 ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(job_dir),
                                 task_name=str(cfg.hydra.job.name))
                 if rc == 0:
