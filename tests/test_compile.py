@@ -173,3 +173,20 @@ def test_model_compile_trains_and_its_checkpoint_loads_uncompiled(tmp_path, synt
                                                   compile=c) for c in (None, True))
     assert lm_compiled.net.compiled is None
     assert lm(image, boxes=box)[0]["points"] == lm_compiled(image, boxes=box)[0]["points"]
+
+
+def test_predict_compile_option_is_checked_before_loading_anything(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from flmk.predict import PredictError, build_landmarker
+    from flmk.train import CONF_DIR
+
+    def cfg(*overrides):
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            return compose("predict", overrides=["input=x.jpg", "boxes=b.json", *overrides])
+
+    assert cfg().compile is False
+    with pytest.raises(PredictError, match="compile='fast'"):
+        build_landmarker(cfg(f"ckpt_path={tmp_path / 'never_read.ckpt'}", "compile=fast"))
+    with pytest.raises(PredictError, match="backend=torch"):
+        build_landmarker(cfg("backend=onnx", "onnx=model.onnx", "compile=true"))

@@ -439,6 +439,8 @@ def _print(results: dict, out: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
+    # one graph per (mode, precision, batch size) of the same forward: more than dynamo's default 8 in one run
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     bench(cfg)
 
 
