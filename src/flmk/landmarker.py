@@ -45,20 +45,22 @@ def compile_mode(compile: bool | str | None) -> str | None:
 
 
 class CompiledPoints:
-    """The torch inference path under torch.compile (dynamic=False): crops (n, 3, S, S) and affines (n, 2, 3) on
-    the device -> points (n, N, 2) in original pixels. Two compiled functions: the network with its decoder (the
-    same graph ``torch.compile(net)`` gives the bare network, which inductor's cache shares) and ``to_original``;
-    with mode reduce-overhead both replay as CUDA graphs. A batch of n faces is padded to ``bucket(n, max_batch)``
-    (1, 2, 4, ... max_batch), each bucket compiled and recorded on first use or by :meth:`warm_up`."""
+    """The torch inference path as one function under torch.compile (dynamic=False): crops (n, 3, S, S) and
+    affines (n, 2, 3) on the device -> network -> its decoder -> ``to_original`` -> points (n, N, 2) in original
+    pixels; with mode reduce-overhead one CUDA graph replays all of it. (One function, not the network and
+    ``to_original`` compiled apart: each call of a compiled function starts a new CUDA-graph generation, which
+    would have to copy the first one's outputs out of the graph's memory.) A batch of n faces is padded to
+    ``bucket(n, max_batch)`` (1, 2, 4, ... max_batch), each bucket compiled and recorded on first use or by
+    :meth:`warm_up`."""
 
     def __init__(self, net, crop_size: int, mode: str, max_batch: int, backend: str = "inductor"):
-        from functools import partial
-
         from flmk.compiled import compile_fn
         from flmk.models.module import to_original
 
-        self.net = compile_fn(net, mode, backend)
-        self.back = compile_fn(partial(to_original, crop_size=crop_size), mode, backend)
+        def points(image, affine):
+            return to_original(net(image)["points"], affine, crop_size)
+
+        self.path = compile_fn(points, mode, backend)
         self.crop_size, self.max_batch = crop_size, max_batch
 
     def __call__(self, image, affine):
@@ -67,10 +69,10 @@ class CompiledPoints:
         from flmk.compiled import bucket, pad_rows
 
         n, m = image.shape[0], self.max_batch
-        if n > m:  # more tracked faces than a batch
-            return torch.cat([self(image[i:i + m], affine[i:i + m]) for i in range(0, n, m)])
+        if n > m:  # more tracked faces than a batch; each part copied out before the next replay overwrites it
+            return torch.cat([self(image[i:i + m], affine[i:i + m]).clone() for i in range(0, n, m)])
         rows = bucket(n, m)
-        return self.back(self.net(pad_rows(image, rows))["points"], pad_rows(affine, rows))[:n]
+        return self.path(pad_rows(image, rows), pad_rows(affine, rows))[:n]
 
     def warm_up(self, sizes, device, calls: int = 3) -> None:
         """Compile and record the buckets of these batch sizes (CUDA graphs record on the second or third call)."""
