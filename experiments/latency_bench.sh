@@ -8,7 +8,8 @@
 # markdown rows for experiments/BENCHMARKS.md: python experiments/latency_table.py <out_dir>
 # Compiling dominates the wall time, so every run is first started in parallel with one timed step
 # (<out_dir>/warm/): that fills inductor's on-disk caches, and the timed runs, one after another, then load
-# their graphs from them. STEPS / WARMUP / SYNTH_N / PY override the defaults below.
+# their graphs from them (WARM=0 skips that pass when the caches are already filled).
+# MODELS="ccdn hm1d_L768" runs a subset; STEPS / WARMUP / SYNTH_N / PY override the defaults below.
 set -u
 source "$(dirname "$0")/require_gpu.sh"
 require_gpu
@@ -29,18 +30,26 @@ RUNS=(
   "hm1d_L768 model=hm1d model.net.length=768 bench.batch_size=10 ${HOURGLASS[*]}"
   "fan2d model=fan2d bench.batch_size=10 ${HOURGLASS[*]}"
 )
+if [ -n "${MODELS:-}" ]; then
+  keep=()
+  for run in "${RUNS[@]}"; do [[ " $MODELS " == *" ${run%% *} "* ]] && keep+=("$run"); done
+  [ "${#keep[@]}" -gt 0 ] || { echo "MODELS=$MODELS names none of: $(printf '%s ' "${RUNS[@]%% *}")" >&2; exit 2; }
+  RUNS=("${keep[@]}")
+fi
 bench() {  # <folder> <steps> <name> <overrides...>
   dir=$1 steps=$2 name=$3; shift 3
   "$PY" -m flmk.bench "$@" "${COMMON[@]}" bench.steps="$steps" bench.warmup="$WARMUP" \
     hydra.run.dir="$dir/$name" bench.out="$dir/$name.json" > "$dir/$name.log" 2>&1
 }
 start=$(date +%s)
-for run in "${RUNS[@]}"; do
-  read -r -a args <<< "$run"
-  bench "$OUT/warm" 1 "${args[@]}" &
-done
-wait
-echo "compiled (caches filled) in $(( $(date +%s) - start )) s"
+if [ "${WARM:-1}" != 0 ]; then
+  for run in "${RUNS[@]}"; do
+    read -r -a args <<< "$run"
+    bench "$OUT/warm" 1 "${args[@]}" &
+  done
+  wait
+  echo "compiled (caches filled) in $(( $(date +%s) - start )) s"
+fi
 failed=0
 for run in "${RUNS[@]}"; do
   read -r -a args <<< "$run"

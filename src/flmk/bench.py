@@ -67,14 +67,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compiled_net(net, mode: str, backend: str, cache: dict | None = None):
+    """``torch.compile(net)`` with static shapes, one per (mode, backend) in ``cache``: runs of one benchmark
+    share its graphs (dynamo keeps them per compiled object) instead of tracing the network again."""
+    cache = {} if cache is None else cache
+    if (mode, backend) not in cache:
+        cache[mode, backend] = compile_fn(net, mode, backend, "bench.compile_mode")
+    return cache[mode, backend]
+
+
 class Runner:
     def __init__(self, module, device, precision: str, compiled: bool, channels_last: bool, mode: str = "default",
-                 backend: str = "inductor"):
+                 backend: str = "inductor", cache: dict | None = None):
         self.net, self.loss, self.device = module.net, module.loss, device
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward = compile_fn(self.net, mode, backend, "bench.compile_mode") if compiled else self.net
+        self.forward = compiled_net(self.net, mode, backend, cache) if compiled else self.net
         self.optimizer = module.optimizer_factory(params=self.net.parameters())
         bf16 = precision == "bf16"
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
@@ -130,7 +139,7 @@ LATENCY_GOAL = 1.25  # issue 18: flmk's compiled inference path within 1.25x of 
 LATENCY_MODE = "reduce-overhead"
 
 
-def latency(module, batch: dict, b: DictConfig, device: torch.device) -> dict:
+def latency(module, batch: dict, b: DictConfig, device: torch.device, cache: dict | None = None) -> dict:
     """Batch-1 and batch-N fp32 latency: bare network eager and compiled (``net_*``), flmk's path (``flmk_*``)."""
     from flmk.landmarker import TorchNet
 
@@ -140,7 +149,7 @@ def latency(module, batch: dict, b: DictConfig, device: torch.device) -> dict:
     flmk_compiled = TorchNet(module, desc, str(device), precision="fp32", compile=LATENCY_MODE,
                              max_batch=b.batch_size, compile_backend=b.compile_backend)
     net = module.net.eval()
-    bare = compile_fn(net, LATENCY_MODE, b.compile_backend, "bench.compile_backend") if compiles else net
+    bare = compiled_net(net, LATENCY_MODE, b.compile_backend, cache) if compiles else net
     warmup = max(b.warmup, 3)  # compile, CUDA-graph warm-up, record
     sizes = list(dict.fromkeys((1, b.batch_size)))
     out = {"precision": "fp32", "compile_mode": LATENCY_MODE, "compiled": compiles, "goal_ratio": LATENCY_GOAL,
@@ -148,7 +157,7 @@ def latency(module, batch: dict, b: DictConfig, device: torch.device) -> dict:
     for n in sizes:
         image = batch["image"][:n].float()
         x, a = image.cpu().numpy(), batch["affine"][:n].float().cpu().numpy()
-        with torch.inference_mode():
+        with torch.no_grad():  # as Runner.infer: the graphs of a compiled run serve here too
             row = {"net_eager_ms": _latency_ms(lambda: net(image), b.steps, b.warmup, device),
                    "net_compiled_ms": _latency_ms(lambda: bare(image), b.steps, warmup, device)}
         row["flmk_eager_ms"] = _latency_ms(lambda: flmk_eager(x, a), b.steps, b.warmup, device)
@@ -364,9 +373,11 @@ def bench(cfg: DictConfig) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "runs": [],
     }
+    cache = {}  # compiled forwards of module.net by (mode, backend), shared by the runs and the latency section
     for precision in precisions:
         for compiled in [False] + ([True] if b.compile else []):
-            runner = Runner(module, device, precision, compiled, b.channels_last, b.compile_mode, b.compile_backend)
+            runner = Runner(module, device, precision, compiled, b.channels_last, b.compile_mode, b.compile_backend,
+                            cache)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
@@ -392,7 +403,7 @@ def bench(cfg: DictConfig) -> dict:
                 run["train_img_s_data_path"] = n_img / (time.perf_counter() - start)
             results["runs"].append(run)
     if b.latency:
-        results["latency"] = latency(module, batch, b, device)
+        results["latency"] = latency(module, batch, b, device, cache)
     _write(results, Path(b.out))
     return results
 
