@@ -98,7 +98,10 @@ def test_compiled_module_evaluates_like_the_eager_one_with_one_graph():
     torch._dynamo.reset()
     counters.clear()
     compiled.setup("fit")
+    first = compiled.net._compiled_call_impl
+    assert first is not None and compiled.ema.module._compiled_call_impl is not None
     compiled.setup("test")  # a second Trainer call compiles nothing more
+    assert compiled.net._compiled_call_impl is first
     assert list(compiled.state_dict()) == keys == list(eager.state_dict())  # no _orig_mod. prefixes
     eager.eval(), compiled.eval()
     images = torch.rand(7, 3, 8, 8)

@@ -125,7 +125,6 @@ class LandmarkModule(pl.LightningModule):
         # model.compile / compile_mode: the net (and its EMA copy) under torch.compile, static shapes (see setup)
         self.compile_options = compile_options(compile_mode, compile_backend) if compile else None
         self.cuda_graphs = compile and uses_cuda_graphs(compile_mode, compile_backend)
-        self.compiled = False
         self.eval_rows = 0  # compiled: evaluation batches are padded to the largest seen (one graph, not one per size)
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "mean_shape"])
         self.register_buffer("mean_shape", torch.full((self.layout.num_points, 2), float("nan")))
@@ -155,12 +154,11 @@ class LandmarkModule(pl.LightningModule):
         """model.compile: compile the net and its EMA copy in place (``nn.Module.compile``: the state-dict keys stay
         those of the plain net, no ``_orig_mod.``) once a Trainer uses the module; a module rebuilt from a
         checkpoint for inference (flmk.checkpoint, the Landmarker) stays eager."""
-        if self.compile_options is None or self.compiled:
+        if self.compile_options is None or self.net._compiled_call_impl is not None:  # off, or compiled already
             return
         for net in (self.net, self.ema.module if self.ema is not None else None):
             if net is not None:
                 net.compile(**self.compile_options)
-        self.compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # a checkpoint never holds weights trained through a NaN loss
