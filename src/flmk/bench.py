@@ -3,7 +3,15 @@
 ``bench.mode=parts`` (default) measures training throughput (images/s) on
 in-memory tensors and through the real data path, batch-1 and batch-N
 inference latency, peak GPU memory and parameter count, in fp32 and bf16
-autocast, optionally with torch.compile and channels_last.
+autocast, optionally with torch.compile (``bench.compile_mode``, e.g.
+reduce-overhead: CUDA graphs) and channels_last. With ``bench.latency=true``
+it adds ``"latency"``: batch-1 and batch-N latency in fp32 of the bare network
+eager and under ``torch.compile(mode="reduce-overhead")``, and of flmk's own
+inference path (:class:`flmk.landmarker.TorchNet`: crops and affines from the
+host, network, decoder, inverse affine, points back on the host) eager and
+compiled (:class:`flmk.landmarker.CompiledPoints`), with the ratio of the
+compiled path to the compiled bare network (issue 18's goal: <= 1.25), and
+the compiled path on inputs already on the device (no host copies).
 
 ``bench.mode=e2e`` measures what users get: ``flmk.train`` itself (Trainer,
 data module, logging, checkpointing) for ``bench.epochs`` epochs, timed per
@@ -19,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +42,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from flmk.compiled import compile_fn
 from flmk.data.device_augment import finish_batch
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
@@ -57,13 +67,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compiled_net(net, mode: str, backend: str, cache: dict | None = None):
+    """``torch.compile(net)`` with static shapes, one per (mode, backend) in ``cache``: runs of one benchmark
+    share its graphs (dynamo keeps them per compiled object) instead of tracing the network again."""
+    cache = {} if cache is None else cache
+    if (mode, backend) not in cache:
+        cache[mode, backend] = compile_fn(net, mode, backend, "bench.compile_mode")
+    return cache[mode, backend]
+
+
 class Runner:
-    def __init__(self, module, device, precision: str, compiled: bool, channels_last: bool):
+    def __init__(self, module, device, precision: str, compiled: bool, channels_last: bool, mode: str = "default",
+                 backend: str = "inductor", cache: dict | None = None):
         self.net, self.loss, self.device = module.net, module.loss, device
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.net) if compiled else self.net
+        self.forward = compiled_net(self.net, mode, backend, cache) if compiled else self.net
         self.optimizer = module.optimizer_factory(params=self.net.parameters())
         bf16 = precision == "bf16"
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
@@ -98,6 +118,59 @@ def _batch_images(batch: dict) -> int:
     """Images in a batch (frames for clips)."""
     image = batch["image"]
     return image.shape[0] * (image.shape[1] if image.dim() == 5 else 1)
+
+
+def _latency_ms(fn, steps: int, warmup: int, device) -> float:
+    """Median milliseconds of one call with the device synchronised after it: what a caller waiting for the
+    result sees (launches included). Warm-up calls compile and record CUDA graphs first."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+LATENCY_GOAL = 1.25  # issue 18: flmk's compiled inference path within 1.25x of the bare network's CUDA graphs
+LATENCY_MODE = "reduce-overhead"
+
+
+def latency(module, batch: dict, b: DictConfig, device: torch.device, cache: dict | None = None) -> dict:
+    """Batch-1 and batch-N fp32 latency: bare network eager and compiled (``net_*``), flmk's path (``flmk_*``)."""
+    from flmk.landmarker import TorchNet
+
+    compiles = device.type == "cuda" or b.compile_backend != "inductor"  # on CPU inductor's path stays eager
+    desc = {"crop_size": module.crop_size}
+    flmk_eager = TorchNet(module, desc, str(device), precision="fp32")
+    flmk_compiled = TorchNet(module, desc, str(device), precision="fp32", compile=LATENCY_MODE,
+                             max_batch=b.batch_size, compile_backend=b.compile_backend)
+    net = module.net.eval()
+    bare = compiled_net(net, LATENCY_MODE, b.compile_backend, cache) if compiles else net
+    warmup = max(b.warmup, 3)  # compile, CUDA-graph warm-up, record
+    sizes = list(dict.fromkeys((1, b.batch_size)))
+    out = {"precision": "fp32", "compile_mode": LATENCY_MODE, "compiled": compiles, "goal_ratio": LATENCY_GOAL,
+           "batch_sizes": sizes}
+    for n in sizes:
+        image = batch["image"][:n].float()
+        x, a = image.cpu().numpy(), batch["affine"][:n].float().cpu().numpy()
+        with torch.no_grad():  # as Runner.infer: the graphs of a compiled run serve here too
+            row = {"net_eager_ms": _latency_ms(lambda: net(image), b.steps, b.warmup, device),
+                   "net_compiled_ms": _latency_ms(lambda: bare(image), b.steps, warmup, device)}
+        row["flmk_eager_ms"] = _latency_ms(lambda: flmk_eager(x, a), b.steps, b.warmup, device)
+        row["flmk_compiled_ms"] = _latency_ms(lambda: flmk_compiled(x, a), b.steps, warmup, device)
+        if flmk_compiled.compiled is not None:  # the same graph on inputs already on the device: no copies
+            affine = batch["affine"][:n].float()
+            with torch.inference_mode():
+                row["flmk_compiled_on_device_ms"] = _latency_ms(lambda: flmk_compiled.compiled(image, affine),
+                                                                b.steps, warmup, device)
+        row["ratio"] = row["flmk_compiled_ms"] / row["net_compiled_ms"]
+        row["meets_goal"] = row["ratio"] <= LATENCY_GOAL
+        out[f"b{n}"] = row
+    return out
 
 
 class EpochThroughput(pl.Callback):
@@ -238,7 +311,9 @@ def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
     module.to(device)
     batches = [_to(x, device, b.channels_last) for x in itertools.islice(dm.train_dataloader(), b.plain_batches)]
     precision = "bf16" if "bf16" in str(cfg.trainer.precision) and device.type == "cuda" else "fp32"
-    runner = Runner(module, device, precision, compiled=False, channels_last=b.channels_last)
+    runner = Runner(module, device, precision, compiled=bool(cfg.model.get("compile", False)),  # as flmk.train
+                    channels_last=b.channels_last, mode=cfg.model.get("compile_mode", "default"),
+                    backend=cfg.model.get("compile_backend", "inductor"))
     cycle = itertools.cycle(batches)
     step_s = _timed(lambda: runner.train_step(next(cycle)), b.steps, b.warmup, device)
     return batches[0]["image"].shape[0] / step_s
@@ -298,9 +373,11 @@ def bench(cfg: DictConfig) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "runs": [],
     }
+    cache = {}  # compiled forwards of module.net by (mode, backend), shared by the runs and the latency section
     for precision in precisions:
         for compiled in [False] + ([True] if b.compile else []):
-            runner = Runner(module, device, precision, compiled, b.channels_last)
+            runner = Runner(module, device, precision, compiled, b.channels_last, b.compile_mode, b.compile_backend,
+                            cache)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
@@ -325,6 +402,8 @@ def bench(cfg: DictConfig) -> dict:
                 _sync(device)
                 run["train_img_s_data_path"] = n_img / (time.perf_counter() - start)
             results["runs"].append(run)
+    if b.latency:
+        results["latency"] = latency(module, batch, b, device, cache)
     _write(results, Path(b.out))
     return results
 
@@ -358,12 +437,27 @@ def _print(results: dict, out: Path) -> None:
     for run in results["runs"]:
         table.add_row(run["precision"], str(run["compile"]), *(f"{run[k]:.2f}" if k in run else "-" for k in keys))
     Console().print(table)
+    if "latency" in results:
+        lat = results["latency"]
+        table = Table(title=f"{results['model']} latency (ms, {lat['precision']}, median; compiled = torch.compile "
+                            f"mode {lat['compile_mode']}{'' if lat['compiled'] else ', eager here'})")
+        times = ("net_eager_ms", "net_compiled_ms", "flmk_eager_ms", "flmk_compiled_ms", "flmk_compiled_on_device_ms")
+        for col in ("batch", "net eager", "net compiled", "flmk eager", "flmk compiled", "flmk compiled, inputs on device",
+                    "flmk compiled / net compiled", f"<= {lat['goal_ratio']}"):
+            table.add_column(col, justify="right")
+        for n in lat["batch_sizes"]:
+            r = lat[f"b{n}"]
+            table.add_row(str(n), *(f"{r[k]:.3f}" if k in r else "-" for k in times), f"{r['ratio']:.2f}",
+                          "yes" if r["meets_goal"] else "no")
+        Console().print(table)
     Console().print(f"Written: {out}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
+    # one graph per (mode, precision, batch size) of the same forward: more than dynamo's default 8 in one run
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     bench(cfg)
 
 

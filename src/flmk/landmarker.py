@@ -3,6 +3,7 @@
     from flmk import Landmarker
     lm = Landmarker.from_checkpoint("best.ckpt", device="cuda")
     faces = lm(image_rgb)                       # [{"box", "score", "points", "layout"}, ...]
+    lm = Landmarker.from_checkpoint("best.ckpt", device="cuda", compile="reduce-overhead")  # CUDA graphs, fp32
     faces = lm(image_rgb, boxes=[[x1, y1, x2, y2]])
     for faces in lm.track(frames): ...          # video: box tracking, trackers carry their state
 
@@ -10,6 +11,8 @@ Faces are cropped with the data module's own functions (``crop_affine`` with the
 size and margin, ``warp_crop``, ``to_tensor_image``) and points come back through the inverse crop
 affine (``to_original`` in PyTorch, its numpy twin ``crop_to_original`` under onnxruntime), so a face
 is seen exactly as in training and evaluation. The ONNX backend imports neither torch nor Lightning.
+``compile=`` runs the torch path (network, its decoder, the inverse affine) under torch.compile with
+static batch sizes (:class:`CompiledPoints`); on CPU it stays eager.
 """
 
 from __future__ import annotations
@@ -29,18 +32,82 @@ def points_box(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points.min(-2), points.max(-2)], axis=-1)
 
 
-class TorchNet:
-    """A checkpoint's network in PyTorch: bf16 autocast on GPU, fp32 on CPU."""
+def compile_mode(compile: bool | str | None) -> str | None:
+    """``compile=`` of the Landmarker and flmk.predict: false/null (eager), true (reduce-overhead) or a mode."""
+    from flmk.compiled import MODES
 
-    def __init__(self, module, desc: dict, device: str = "cpu", precision: str = "auto"):
+    if compile is None or compile is False:
+        return None
+    mode = "reduce-overhead" if compile is True else compile
+    if mode not in MODES:
+        raise ValueError(f"compile={compile!r}: expected true, false or one of {', '.join(MODES)}")
+    return mode
+
+
+class CompiledPoints:
+    """The torch inference path as one function under torch.compile (dynamic=False): crops (n, 3, S, S) and
+    affines (n, 2, 3) on the device -> network -> its decoder -> ``to_original`` -> points (n, N, 2) in original
+    pixels; with mode reduce-overhead one CUDA graph replays all of it. (One function, not the network and
+    ``to_original`` compiled apart: each call of a compiled function starts a new CUDA-graph generation, which
+    would have to copy the first one's outputs out of the graph's memory.) A batch of n faces is padded to
+    ``bucket(n, max_batch)`` (1, 2, 4, ... max_batch), each bucket compiled and recorded on first use or by
+    :meth:`warm_up`."""
+
+    def __init__(self, net, crop_size: int, mode: str, max_batch: int, backend: str = "inductor"):
+        from flmk.compiled import compile_fn
+        from flmk.models.module import to_original
+
+        def points(image, affine):
+            return to_original(net(image)["points"], affine, crop_size)
+
+        self.path = compile_fn(points, mode, backend)
+        self.crop_size, self.max_batch = crop_size, max_batch
+
+    def __call__(self, image, affine):
+        import torch
+
+        from flmk.compiled import bucket, pad_rows
+
+        n, m = image.shape[0], self.max_batch
+        if n > m:  # more tracked faces than a batch; each part copied out before the next replay overwrites it
+            return torch.cat([self(image[i:i + m], affine[i:i + m]).clone() for i in range(0, n, m)])
+        rows = bucket(n, m)
+        return self.path(pad_rows(image, rows), pad_rows(affine, rows))[:n]
+
+    def warm_up(self, sizes, device, calls: int = 3) -> None:
+        """Compile and record the buckets of these batch sizes (CUDA graphs record on the second or third call)."""
+        import torch
+
+        from flmk.compiled import bucket
+
+        for rows in sorted({bucket(min(n, self.max_batch), self.max_batch) for n in sizes}):
+            image = torch.zeros(rows, 3, self.crop_size, self.crop_size, device=device)
+            affine = torch.eye(2, 3, device=device).expand(rows, 2, 3).contiguous()
+            with torch.inference_mode():
+                for _ in range(calls):
+                    self(image, affine)
+
+
+class TorchNet:
+    """A checkpoint's network in PyTorch: bf16 autocast on GPU, fp32 on CPU; ``compile`` (a torch.compile mode):
+    the path under :class:`CompiledPoints`, fp32 unless precision=bf16, on GPU only (eager on CPU)."""
+
+    def __init__(self, module, desc: dict, device: str = "cpu", precision: str = "auto", compile: str | None = None,
+                 max_batch: int = 32, compile_backend: str = "inductor"):
         import torch
 
         self.torch, self.desc = torch, desc
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.net = module.net.to(self.device).eval()
-        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda" and compile is None)
         self.is_tracker = hasattr(self.net, "step") and hasattr(self.net, "init_state")
+        if compile is not None and self.is_tracker:
+            raise ValueError(f"compile={compile}: {type(self.net).__name__} is a tracker (its state crosses frames) "
+                             "and runs eager; compile applies to detector networks")
+        self.compiled = None  # eager on CPU: inductor's C++ code generation would only slow a CPU run down
+        if compile is not None and (self.device.type == "cuda" or compile_backend != "inductor"):
+            self.compiled = CompiledPoints(self.net, int(desc["crop_size"]), compile, max_batch, compile_backend)
 
     def _run(self, fn, *args):
         torch = self.torch
@@ -58,6 +125,9 @@ class TorchNet:
         if self.is_tracker:  # one frame, a fresh state: a tracker's first frame
             return np.concatenate([self.step(x[i:i + 1], affines[i:i + 1], self.init_state())[0] for i in range(len(x))])
         image = self.torch.from_numpy(x).to(self.device)
+        if self.compiled is not None:
+            points = self._run(self.compiled, image, self.torch.from_numpy(affines).to(self.device))
+            return points.cpu().numpy().astype(np.float64)
         return self._back(self._run(self.net, image)["points"], affines)
 
     def init_state(self):
@@ -159,12 +229,16 @@ class Landmarker:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", detector=None, batch_size: int = 32,
-                        precision: str = "auto") -> Landmarker:
-        """A trained flmk checkpoint (.ckpt), rebuilt from the file alone (flmk.checkpoint)."""
+                        precision: str = "auto", compile: bool | str | None = None) -> Landmarker:
+        """A trained flmk checkpoint (.ckpt), rebuilt from the file alone (flmk.checkpoint). ``compile``: true
+        (mode reduce-overhead: CUDA graphs) or a torch.compile mode runs the network, its decoder and the inverse
+        affine compiled, in fp32 unless precision=bf16, for batches padded to 1, 2, 4, ... batch_size; each
+        such size compiles on first use (``lm.net.compiled.warm_up(sizes, device)`` does it ahead). Eager on CPU."""
         from flmk.checkpoint import load_module
 
         module, desc = load_module(path)
-        return cls(TorchNet(module, desc, device, precision), desc, detector, batch_size)
+        net = TorchNet(module, desc, device, precision, compile_mode(compile), max_batch=batch_size)
+        return cls(net, desc, detector, batch_size)
 
     @classmethod
     def from_onnx(cls, path: str | Path, detector=None, batch_size: int = 32, threads: int | None = None) -> Landmarker:

@@ -8,6 +8,7 @@ predictions.csv (one row per face), optional .pts files and overlays, and for a 
 video and stability.json (frame-to-frame landmark jitter). Every file is written atomically, and the
 JSON/CSV are rewritten every ``flush_every`` items, so an interrupted run keeps what it has done.
 ``backend=onnx onnx=<file.onnx>`` runs the exported network under onnxruntime without torch.
+``compile=true`` (or a torch.compile mode) runs the torch path compiled: CUDA graphs on GPU, eager on CPU.
 ``bench=true`` times the pipeline instead (see :func:`bench`).
 """
 
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 
 from flmk.data.images import read_rgb, write_atomic
 from flmk.detectors import BoxesError, GivenBoxes
-from flmk.landmarker import BoxTracker, Landmarker
+from flmk.landmarker import BoxTracker, Landmarker, compile_mode
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -64,13 +65,19 @@ def build_landmarker(cfg: DictConfig) -> Landmarker:
     if cfg.backend == "onnx":
         if not cfg.onnx:
             raise PredictError("backend=onnx needs onnx=<file.onnx> (write one with `python -m flmk.export`)")
+        if cfg.get("compile"):
+            raise PredictError(f"compile={cfg.compile}: applies to backend=torch (onnxruntime optimises its own graph)")
         return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads)
     if cfg.backend != "torch":
         raise PredictError(f"backend={cfg.backend}: expected torch or onnx")
     if not cfg.ckpt_path:
         raise PredictError("backend=torch needs ckpt_path=<a trained flmk .ckpt>")
+    try:
+        mode = compile_mode(cfg.get("compile"))
+    except ValueError as e:
+        raise PredictError(str(e)) from None
     return Landmarker.from_checkpoint(cfg.ckpt_path, device=cfg.device, detector=detector,
-                                      batch_size=cfg.batch_size, precision=cfg.precision)
+                                      batch_size=cfg.batch_size, precision=cfg.precision, compile=mode)
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -317,6 +324,8 @@ def bench(cfg: DictConfig) -> Path:
     if not len(boxes):
         raise PredictError(f"bench: the detector finds no face in {cfg.input}; give an image with one clear face")
     x, a = timed("crop_fps", lambda: lm.crop(frames[0], boxes[:1]), 200)
+    if getattr(lm.net, "compiled", None) is not None:  # compile and record the batch sizes timed below
+        lm.net.compiled.warm_up([1, 16], lm.net.device)
     timed("network_faces_per_s", lambda: lm.net(x, a), 50)
     xb, ab = np.repeat(x, 16, 0), np.repeat(a, 16, 0)
     timed("network_batches16_per_s", lambda: lm.net(xb, ab), 5)

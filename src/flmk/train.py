@@ -59,7 +59,9 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
     target = cfg.model.get("module_target", "flmk.models.module.LandmarkModule")
     module_cls = hydra.utils.get_class(target)
     general = {"ema_decay": cfg.model.get("ema_decay"), "test_flip": cfg.model.get("test_flip", False),
-               "finite_check_every": cfg.model.get("finite_check_every", 50)}
+               "finite_check_every": cfg.model.get("finite_check_every", 50),
+               "compile": cfg.model.get("compile", False), "compile_mode": cfg.model.get("compile_mode", "default"),
+               "compile_backend": cfg.model.get("compile_backend", "inductor")}
     return module_cls(
         net=instantiate(cfg.model.net),
         loss=instantiate(cfg.model.loss),

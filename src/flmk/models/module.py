@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from flmk.compiled import compile_options, pad_rows, unpad, uses_cuda_graphs
 from flmk.data.device_augment import finish_batch
 from flmk.layouts import get_layout
 from flmk.metrics import LandmarkMetrics, jitter_terms
@@ -32,10 +33,15 @@ DIVERGENCE_EPOCHS = 3
 
 
 def to_original(points: torch.Tensor, affine: torch.Tensor, crop_size: int) -> torch.Tensor:
-    """Crop-normalised (..., N, 2) -> original pixels, with the (..., 2, 3) original->crop affine."""
-    u = points.float() * crop_size - 0.5
-    lin, t = affine[..., :2].float(), affine[..., 2].float()
-    return torch.linalg.solve(lin, (u - t.unsqueeze(-2)).transpose(-1, -2)).transpose(-1, -2)
+    """Crop-normalised (..., N, 2) -> original pixels, with the (..., 2, 3) original->crop affine.
+
+    The 2x2 inverse is written out (Cramer's rule): elementwise operations only, so the GPU never waits on the
+    host (``torch.linalg.solve`` checks its result there) and the inference path fits in one CUDA graph."""
+    a = affine.float()
+    v = points.float() * crop_size - 0.5 - a[..., None, :, 2]
+    m00, m01, m10, m11 = (a[..., i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    det = m00 * m11 - m01 * m10
+    return torch.stack([m11 * v[..., 0] - m01 * v[..., 1], m00 * v[..., 1] - m10 * v[..., 0]], -1) / det[..., None]
 
 
 def flatten_clips(batch: dict, outputs: dict) -> tuple[dict, dict]:
@@ -85,6 +91,9 @@ class LandmarkModule(pl.LightningModule):
         ema_decay: float | None = None,
         test_flip: bool = False,
         finite_check_every: int = 50,
+        compile: bool = False,
+        compile_mode: str = "default",
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         self.net, self.loss = net, loss
@@ -113,6 +122,10 @@ class LandmarkModule(pl.LightningModule):
             raise ValueError(f"model.finite_check_every={finite_check_every}: expected a whole number >= 1")
         self.finite_check_every = finite_check_every
         self._nonfinite: torch.Tensor | None = None  # device flag: a loss since the last read-back was NaN/inf
+        # model.compile / compile_mode: the net (and its EMA copy) under torch.compile, static shapes (see setup)
+        self.compile_options = compile_options(compile_mode, compile_backend) if compile else None
+        self.cuda_graphs = compile and uses_cuda_graphs(compile_mode, compile_backend)
+        self.eval_rows = 0  # compiled: evaluation batches are padded to the largest seen (one graph, not one per size)
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "mean_shape"])
         self.register_buffer("mean_shape", torch.full((self.layout.num_points, 2), float("nan")))
         if mean_shape is not None:
@@ -136,6 +149,16 @@ class LandmarkModule(pl.LightningModule):
         for net in (self.net, self.ema.module if self.ema is not None else None):
             if hasattr(net, "set_mean_shape"):
                 net.set_mean_shape(self.mean_shape)
+
+    def setup(self, stage: str) -> None:
+        """model.compile: compile the net and its EMA copy in place (``nn.Module.compile``: the state-dict keys stay
+        those of the plain net, no ``_orig_mod.``) once a Trainer uses the module; a module rebuilt from a
+        checkpoint for inference (flmk.checkpoint, the Landmarker) stays eager."""
+        if self.compile_options is None or self.net._compiled_call_impl is not None:  # off, or compiled already
+            return
+        for net in (self.net, self.ema.module if self.ema is not None else None):
+            if net is not None:
+                net.compile(**self.compile_options)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # a checkpoint never holds weights trained through a NaN loss
@@ -195,9 +218,13 @@ class LandmarkModule(pl.LightningModule):
         """Validation/test outputs: the EMA weights if ``ema_decay``; with ``test_flip`` the points are the
         mean of the prediction and the mirrored image's prediction, mapped back (x -> 1 - x, flip permutation)."""
         net = self.net if self.ema is None else self.ema.module
-        outputs = net(image)
+        n = rows = image.shape[0]
+        if self.compile_options is not None:  # a smaller last batch is padded: no new graph for it
+            self.eval_rows = rows = max(self.eval_rows, n)
+            image = pad_rows(image, rows)
+        outputs = unpad(net(image), n, rows, clone=self.cuda_graphs)  # a CUDA graph's next replay overwrites them
         if self.test_flip:
-            mirrored = net(image.flip(-1))["points"][..., self.layout.flip_index, :]
+            mirrored = unpad(net(image.flip(-1)), n, rows)["points"][..., self.layout.flip_index, :]
             unflipped = torch.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], -1)
             outputs = {**outputs, "points": (outputs["points"] + unflipped) / 2}
         return outputs
