@@ -1,6 +1,8 @@
 """Training history of a sweep folder, for a synthetic report's RUN.md: one row per job (row and seed) with the
 epochs it reached (of its schedule, and whether a wall-clock cap stopped it early), its validation NME (primary,
-in %) after each epoch, and its peak GPU memory.
+in %) after each epoch, the epoch-to-epoch spread of that curve at its end (the mean |change| between consecutive
+epochs over the last SPREAD_EPOCHS + 1 validations: what remains of the swings once training settles), and its peak
+GPU memory.
 
     python experiments/run_history.py <sweep folder>   # prints a Markdown table
 """
@@ -12,6 +14,8 @@ import sys
 from pathlib import Path
 
 from flmk.report import Job, load_jobs
+
+SPREAD_EPOCHS = 3
 
 
 def history(job: Job) -> tuple[str, int, list[float], float | None]:
@@ -36,13 +40,22 @@ def reached(job: Job, epochs: int) -> str:
     return f"{epochs}{of}" + ("" if job.status == "done" else " (stopped early)")
 
 
+def spread(nmes: list[float], last: int = SPREAD_EPOCHS) -> float | None:
+    """Mean |NME(e) - NME(e-1)| over the last ``last`` epoch-to-epoch changes (None with fewer than two values)."""
+    tail = nmes[-(last + 1):]
+    return None if len(tail) < 2 else sum(abs(b - a) for a, b in zip(tail, tail[1:])) / (len(tail) - 1)
+
+
 def main(sweep: str) -> None:
-    print("| row | seed | epochs reached | validation NME (primary, %) per epoch | peak GPU memory (GiB) |")
-    print("|---|---|---|---|---|")
+    print(f"| row | seed | epochs reached | validation NME (primary, %) per epoch | epoch-to-epoch spread, last "
+          f"{SPREAD_EPOCHS} (points) | peak GPU memory (GiB) |")
+    print("|---|---|---|---|---|---|")
     for job in load_jobs(Path(sweep)):
         row, epochs, nmes, peak = history(job)
         curve = " ".join(f"{v:.1f}" for v in nmes)
-        print(f"| {row} | {job.seed} | {reached(job, epochs)} | {curve} | {'–' if peak is None else f'{peak:.2f}'} |")
+        sp = spread(nmes)
+        print(f"| {row} | {job.seed} | {reached(job, epochs)} | {curve} | {'–' if sp is None else f'{sp:.2f}'} | "
+              f"{'–' if peak is None else f'{peak:.2f}'} |")
 
 
 if __name__ == "__main__":

@@ -46,5 +46,11 @@ def test_main_prints_one_markdown_row_per_job(tmp_path: Path, capsys) -> None:
     make_job(tmp_path / "c" / "0", "ccdn/t7_p3", 1.5, capped)
     run_history.main(str(tmp_path))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2:] == ["| ccdn/t7_p1 | 7 | 3 | 25.0 12.5 | – |", "| ccdn/t7_p2 | 3 | 3 | 25.0 12.5 | 1.50 |",
-                         "| ccdn/t7_p3 | 3 | 3 of 12 (stopped early) | 25.0 12.5 | 1.50 |"]
+    assert lines[2:] == ["| ccdn/t7_p1 | 7 | 3 | 25.0 12.5 | 12.50 | – |",
+                         "| ccdn/t7_p2 | 3 | 3 | 25.0 12.5 | 12.50 | 1.50 |",
+                         "| ccdn/t7_p3 | 3 | 3 of 12 (stopped early) | 25.0 12.5 | 12.50 | 1.50 |"]
+
+
+def test_spread_is_the_mean_change_over_the_last_epochs() -> None:
+    assert run_history.spread([9.0, 5.0, 6.0, 4.0], last=2) == 1.5  # |4-6| and |6-5|
+    assert run_history.spread([3.0]) is None
