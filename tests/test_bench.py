@@ -33,6 +33,12 @@ def test_e2e_mode_times_flmk_train_and_a_plain_loop(tmp_path):
     assert e2e["ratio"] == pytest.approx(e2e["flmk_img_s"] / e2e["plain_img_s"])
     epochs = json.loads((tmp_path / "e2e_flmk" / "throughput.json").read_text())["epochs"]
     assert [e["images"] for e in epochs] == [64, 64]  # 2 batches of 32 per epoch, counted by the callback
+    # the training part alone is faster than whole epochs, which also validate and write checkpoints
+    assert e2e["flmk_train_only_img_s"] > e2e["flmk_img_s"] and e2e["train_only_ratio"] > e2e["ratio"]
+    steady = epochs[1]
+    assert e2e["epoch_val_s"] == pytest.approx(steady["val_seconds"]) and e2e["epoch_val_s"] > 0
+    assert e2e["epoch_metrics_and_checkpoints_s"] == pytest.approx(steady["post_val_seconds"])
+    assert e2e["epoch_metrics_and_checkpoints_s"] > 0
 
 
 def test_latency_section_on_a_tiny_cpu_run(tmp_path, synthetic_root):

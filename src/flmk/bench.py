@@ -287,17 +287,24 @@ def steady_img_s(epochs: list[dict]) -> float:
 
 
 def train_img_s(overrides: list[str], run_dir: Path, epochs: int, *extra: str) -> dict:
-    """Run `flmk.train` as a user would, for `epochs` epochs without testing, and read its epoch throughput."""
+    """Run `flmk.train` as a user would, for `epochs` epochs without testing, and read where its epochs' time went
+    (RowTimes): whole epochs (``img_s``), their training part alone (``train_only_img_s``), and the fixed costs of
+    an epoch (``val_s``: validation; ``post_val_s``: validation metrics and checkpoints), steady state."""
     log_path = run_dir / "throughput.json"
     cmd = [sys.executable, "-m", "flmk.train", *overrides, f"trainer.max_epochs={epochs}", "test=false",
-           f"+callbacks.throughput={{_target_:flmk.bench.EpochThroughput,out:'{log_path}'}}",
+           f"+callbacks.throughput={{_target_:flmk.bench.RowTimes,out:'{log_path}'}}",
            f"hydra.run.dir={run_dir}", *extra]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "bench_train.log", "w") as out:
         if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
             raise RuntimeError(f"flmk.train failed during the e2e benchmark; its log: {run_dir / 'bench_train.log'}")
-    epochs_done = json.loads(log_path.read_text())["epochs"]
-    return {"img_s": steady_img_s(epochs_done), "epochs": len(epochs_done)}
+    done = json.loads(log_path.read_text())["epochs"]
+    steady = done[1:] or done
+    train_s = sum(e["train_seconds"] for e in steady)
+    return {"img_s": steady_img_s(done), "epochs": len(done),
+            "train_only_img_s": sum(e["images"] for e in steady) / train_s if train_s > 0 else float("nan"),
+            "val_s": sum(e["val_seconds"] for e in steady) / len(steady),
+            "post_val_s": sum(e["post_val_seconds"] for e in steady) / len(steady)}
 
 
 def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
@@ -335,13 +342,18 @@ def bench_e2e(cfg: DictConfig) -> dict:
         "batch_size": cfg.data.batch_size, "precision": str(cfg.trainer.precision), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "e2e": {"flmk_img_s": flmk_run["img_s"], "plain_img_s": plain, "ratio": flmk_run["img_s"] / plain,
-                "epochs": flmk_run["epochs"]},
+                "epochs": flmk_run["epochs"],
+                # where an epoch's time goes: its training part alone against the plain loop, and its fixed costs
+                "flmk_train_only_img_s": flmk_run["train_only_img_s"],
+                "train_only_ratio": flmk_run["train_only_img_s"] / plain,
+                "epoch_val_s": flmk_run["val_s"], "epoch_metrics_and_checkpoints_s": flmk_run["post_val_s"]},
     }
     gpus = torch.cuda.device_count()
     if b.ddp and gpus > 1:
         ddp_run = train_img_s(overrides, out / "e2e_ddp", b.epochs, "trainer=ddp")
         results["ddp"] = {"gpus": gpus, "img_s_1": flmk_run["img_s"], "img_s_n": ddp_run["img_s"],
-                          "scaling": ddp_run["img_s"] / flmk_run["img_s"]}
+                          "scaling": ddp_run["img_s"] / flmk_run["img_s"],
+                          "train_only_scaling": ddp_run["train_only_img_s"] / flmk_run["train_only_img_s"]}
     elif b.ddp:
         results["ddp"] = {"gpus": gpus, "skipped": "bench.ddp=true needs several visible GPUs"}
     return results
@@ -422,6 +434,9 @@ def _print(results: dict, out: Path) -> None:
             table.add_column(col, justify="right")
         e = results["e2e"]
         table.add_row(f"flmk.train ({e['epochs']} epochs)", f"{e['flmk_img_s']:.1f}", f"{e['ratio']:.2f}")
+        table.add_row(f"  its training part alone (per epoch: validation {e['epoch_val_s']:.2f} s, metrics + "
+                      f"checkpoints {e['epoch_metrics_and_checkpoints_s']:.2f} s)", f"{e['flmk_train_only_img_s']:.1f}",
+                      f"{e['train_only_ratio']:.2f}")
         table.add_row("plain PyTorch loop", f"{e['plain_img_s']:.1f}", "1.00")
         if "scaling" in results.get("ddp", {}):
             d = results["ddp"]
