@@ -9,8 +9,8 @@ whole pipeline (detector, crop, network, inverse affine) and the largest point d
 is printed; above ``parity_tolerance_px`` the export fails.
 
 ``quantize=int8`` writes a statically quantised ONNX model instead (onnxruntime.quantization: QDQ,
-per-channel int8 weights, uint8 activations, Conv / MatMul / Gemm), calibrated on real face crops made by
-the predict path's own crop (``calibration_images``, none of them among ``parity_images``). Its drift from
+per-channel int8 weights, uint8 activations), calibrated on real face crops made by the predict path's
+own crop (``calibration_images``, none of them among ``parity_images``). Its drift from
 the fp32 PyTorch model on the parity faces is printed in pixels (max, mean) and as NME (mean point
 distance over the face box size sqrt(w h)); above ``int8_tolerance_nme`` the export fails. The file
 carries the same metadata, so ``flmk.predict backend=onnx`` runs it unchanged.
@@ -92,7 +92,11 @@ def drift(got: np.ndarray, expected: np.ndarray, boxes: np.ndarray) -> dict[str,
 
 
 def quantize_int8(fp32: Path, out: Path, crops: np.ndarray) -> None:
-    """Static int8 quantisation of the ONNX file ``fp32`` into ``out``, calibrated on ``crops`` (K, 3, S, S)."""
+    """Static int8 quantisation of the ONNX file ``fp32`` into ``out``, calibrated on ``crops`` (K, 3, S, S).
+
+    Only convolutions are quantised: they are nearly all the work, while quantising the regression heads'
+    MatMul / Gemm (a few MFLOP) multiplied the point drift tenfold and saved no time (experiments/BENCHMARKS.md).
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -109,7 +113,7 @@ def quantize_int8(fp32: Path, out: Path, crops: np.ndarray) -> None:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # shape inference + basic fusions
         quantize_static(str(pre), str(out), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+                        op_types_to_quantize=["Conv"])
     finally:
         pre.unlink(missing_ok=True)
 
