@@ -110,17 +110,30 @@ def tiny_onnx(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_onnx_session_options_are_applied(tmp_path, threads):
-    net = OnnxNet(tiny_onnx(tmp_path / "t.onnx"), threads=threads)
+@pytest.mark.parametrize("threads, spin", [(1, False), (2, True)])
+def test_onnx_session_options_are_applied(tmp_path, threads, spin):
+    net = OnnxNet(tiny_onnx(tmp_path / "t.onnx"), threads=threads, spin=spin)
     opts = net.session.get_session_options()
     assert opts.intra_op_num_threads == threads and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert opts.enable_cpu_mem_arena
     x = np.arange(2 * 48, dtype=np.float32).reshape(2, 3, 4, 4)
     a = np.array([[[1, 0, 0], [0, 1, 0]]] * 2, np.float32)  # identity crop: points * 4 - 0.5
     np.testing.assert_allclose(net(x, a), x.reshape(2, -1)[:, :4].reshape(2, 2, 2) * 4 - 0.5)
+
+
+def test_predict_options_reach_the_onnx_session(tmp_path):
+    from flmk.predict import build_landmarker
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("predict", overrides=["backend=onnx", f"onnx={tiny_onnx(tmp_path / 't.onnx')}", "input=x.jpg",
+                                            "threads=1", "spin=true", "batch_size=3"])
+    lm = build_landmarker(cfg)
+    opts = lm.net.session.get_session_options()
+    assert lm.batch_size == 3 and opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])

@@ -64,7 +64,8 @@ def build_landmarker(cfg: DictConfig) -> Landmarker:
     if cfg.backend == "onnx":
         if not cfg.onnx:
             raise PredictError("backend=onnx needs onnx=<file.onnx> (write one with `python -m flmk.export`)")
-        return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads)
+        return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads,
+                                   spin=cfg.spin)
     if cfg.backend != "torch":
         raise PredictError(f"backend={cfg.backend}: expected torch or onnx")
     if not cfg.ckpt_path:
