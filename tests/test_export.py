@@ -21,9 +21,9 @@ from flmk.train import CONF_DIR, train
 from real_fixtures import REAL, requires_real
 from test_predict import FAST
 
-# Measured on the tiny checkpoint below (5 real 300W faces, 8 calibration faces): int8 drift 0.063% NME max
-# (0.10 px mean); stated tolerance 0.5% NME, 8x that.
-INT8_NME = 0.005
+# Measured on the tiny checkpoint below (5 real 300W faces, 8 calibration faces): int8 drift 0.037% NME max
+# (0.06 px mean); quantising the first convolution and the head's Gemm as well gave 0.14%. Tolerance 0.1%.
+INT8_NME = 0.001
 
 
 def export_cfg(overrides: list[str]):
