@@ -144,19 +144,35 @@ class TorchNet:
 
 
 class OnnxNet:
-    """An exported network under onnxruntime; pre- and post-processing in numpy, no torch."""
+    """An exported network (fp32, or int8 from ``flmk.export quantize=int8``) under onnxruntime; pre- and
+    post-processing in numpy, no torch.
+
+    The session runs on the CPU with every graph optimisation (constant folding, Conv+activation fusion,
+    the NCHWc / NHWC layouts of its CPU kernels, QDQ -> integer kernels), one operator at a time
+    (``inter_op`` 1), ``threads`` threads inside each operator (None: one per physical core) and the
+    memory arena on. ``spin=False`` lets idle worker threads sleep instead of spinning between operators:
+    on a CPU shared with other processes spinning threads take the cores from the working ones
+    (2-core numbers in experiments/BENCHMARKS.md); ``spin=True`` may save latency on an idle machine.
+    """
 
     is_tracker = False
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = False):
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"onnx={path}: no such ONNX file (write one with `python -m flmk.export`)")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads={threads!r}: expected a positive number of onnxruntime threads, or null")
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = True
         if threads:
             opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -241,9 +257,10 @@ class Landmarker:
         return cls(net, desc, detector, batch_size)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, detector=None, batch_size: int = 32, threads: int | None = None) -> Landmarker:
-        """A model written by ``python -m flmk.export`` under onnxruntime (no torch at run time)."""
-        net = OnnxNet(path, threads)
+    def from_onnx(cls, path: str | Path, detector=None, batch_size: int = 32, threads: int | None = None,
+                  spin: bool = False) -> Landmarker:
+        """A model written by ``python -m flmk.export`` (fp32 or int8) under onnxruntime (no torch at run time)."""
+        net = OnnxNet(path, threads, spin)
         return cls(net, net.desc, detector, batch_size)
 
     # -- one image -----------------------------------------------------------------------------------

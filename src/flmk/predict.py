@@ -67,7 +67,8 @@ def build_landmarker(cfg: DictConfig) -> Landmarker:
             raise PredictError("backend=onnx needs onnx=<file.onnx> (write one with `python -m flmk.export`)")
         if cfg.get("compile"):
             raise PredictError(f"compile={cfg.compile}: applies to backend=torch (onnxruntime optimises its own graph)")
-        return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads)
+        return Landmarker.from_onnx(cfg.onnx, detector=detector, batch_size=cfg.batch_size, threads=cfg.threads,
+                                    spin=cfg.spin)
     if cfg.backend != "torch":
         raise PredictError(f"backend={cfg.backend}: expected torch or onnx")
     if not cfg.ckpt_path:
