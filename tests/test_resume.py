@@ -78,6 +78,20 @@ def uninterrupted(tmp_path_factory, synthetic_root) -> Path:
     return run
 
 
+def test_checkpoints_written_in_background_equal_the_synchronous_ones(tmp_path, synthetic_root, uninterrupted):
+    """checkpoint_background=true: the same last.ckpt, best.ckpt (epoch, step, weights) and test numbers."""
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+    from flmk.runstate import AtomicCheckpointIO, checkpoint_io
+
+    assert isinstance(checkpoint_io(background=True), AsyncCheckpointIO)
+    assert isinstance(checkpoint_io(background=True).checkpoint_io, AtomicCheckpointIO)
+    run = tmp_path / "run"
+    train(compose_train(RUN + ["checkpoint_background=true"], run, synthetic_root))
+    assert_same_run(uninterrupted, run)
+    assert not list((run / "checkpoints").glob("*.tmp*"))
+
+
 def test_resumed_epoch_has_its_own_order():
     """The bug this fixes: a restart replayed epoch 0's order. Now epoch e's order is a function of (seed, e)."""
     from flmk.data.sampling import EpochSampler

@@ -31,10 +31,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from lightning_fabric.plugins import CheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from flmk.data.images import write_atomic
@@ -237,3 +239,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+def checkpoint_io(background: bool = False) -> CheckpointIO:
+    """flmk's checkpoint writer (``trainer.plugins``): atomic; with ``background`` the file is written by a thread
+    while training goes on (Lightning's AsyncCheckpointIO, which clones the tensors on the training thread first,
+    so the file holds the weights of the moment it was asked for). The thread is joined when fit ends, before the
+    test reads ``best.ckpt``; a failed write is raised at the next save or at that join."""
+    return AsyncCheckpointIO(AtomicCheckpointIO()) if background else AtomicCheckpointIO()
