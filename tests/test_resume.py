@@ -107,11 +107,13 @@ def test_resumed_epoch_has_its_own_order():
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path, synthetic_root, uninterrupted):
+@pytest.mark.parametrize("background", [False, True])
+def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path, synthetic_root, uninterrupted, background):
+    """With checkpoint_background=true the interrupt's last.ckpt is still complete when the run has stopped."""
     run = tmp_path / "run"
     sigint = ["+callbacks.sigint._target_=test_resume.SigintAt", "+callbacks.sigint.step=4"]  # epoch 1, batch 1 of 3
     with pytest.raises(SystemExit, match="resume="):
-        train(compose_train(RUN + sigint, run, synthetic_root))
+        train(compose_train(RUN + sigint + [f"checkpoint_background={background}"], run, synthetic_root))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["LandmarkDataModule"] == {"train_epoch": 1, "train_batches_done": 1}
     note = (run / "INTERRUPTED.txt").read_text()
