@@ -126,7 +126,26 @@ def test_training_schedule_flags_a_run_the_wall_clock_stopped(tmp_path, max_time
     schedule = training_schedule(trainer)
     assert schedule["finished"] is finished and schedule["max_epochs"] == 10
     assert schedule["stopped_by"] == (None if finished else "max_time")
+    assert schedule["schedule_steps"] == 20
     if finished:
-        assert (schedule["epochs"], schedule["steps"]) == (10, 20)
+        assert (schedule["epochs"], schedule["epochs_done"], schedule["steps"]) == (10, 10, 20)
     else:
         assert 1 <= schedule["steps"] < 20 and schedule["epochs"] < 10  # the cut epoch counts as reached
+        assert schedule["epochs_done"] == schedule["steps"] // 2
+
+
+class SlowerModel(BoringModel):
+    def training_step(self, batch, batch_idx):
+        time.sleep(1.0)
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_cap_that_fires_after_the_last_step_leaves_the_run_finished(tmp_path):
+    """2 steps of 1 s under a 1.5-s cap: the timer fires at the end of the last step, the schedule is complete."""
+    trainer = Trainer(max_epochs=1, max_time={"seconds": 1.5}, limit_train_batches=2, limit_val_batches=0,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(SlowerModel())
+    schedule = training_schedule(trainer)
+    assert schedule["stopped_by"] == "max_time" and schedule["steps"] == 2 == schedule["schedule_steps"]
+    assert schedule["finished"] is True

@@ -107,6 +107,17 @@ def test_runs_stopped_by_the_wall_clock_are_never_compared(sweep: Path, tmp_path
     assert "seed 1: stopped early at epoch 1 of 3" in mid["status"] and "stopped early at epoch 1 of 3" in md
 
 
+def test_a_stopped_run_names_its_whole_epochs_and_step(sweep: Path, tmp_path: Path):
+    run = sweep / "3_toy" / "mid"
+    payload = json.loads((run / "metrics.json").read_text())
+    payload["meta"]["schedule"] |= {"epochs": 3, "epochs_done": 2, "steps": 25, "schedule_steps": 30,
+                                    "finished": False, "stopped_by": "max_time"}
+    (run / "metrics.json").write_text(json.dumps(payload))
+    md = report(sweep, tmp_path / "paper.yaml").read_text()
+    assert "seed 1: stopped early after 2 of 3 epochs (step 25 of 30)" in read_csv(sweep / "report.csv")["toy/mid"]["status"]
+    assert "| toy/mid | 1 | stopped early after 2 of 3 epochs (step 25 of 30) | 2 of 3 |" in md
+
+
 def test_a_table_with_one_seed_per_row_still_gets_image_intervals(tmp_path: Path):
     base = errors(0)
     sweep = toy_sweep(tmp_path, {"toy/base": [base], "toy/best": [base - 0.002]})

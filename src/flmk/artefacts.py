@@ -4,6 +4,7 @@ and a console table."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,22 +42,29 @@ def write_results(out_dir: Path, results: dict[str, dict], meta: dict) -> Path:
 def training_schedule(trainer) -> dict:
     """How far a run trained against its schedule (metrics.json's ``meta.schedule``).
 
-    A wall-clock cap (``trainer.max_time``) or an interrupt that ends training before ``max_epochs`` (or, for
-    step schedules, ``max_steps``) makes ``finished`` false: flmk.report lists such a run as "stopped early"
-    and never compares it with finished ones. Read it right after ``fit`` (``test`` resets the trainer state).
+    A wall-clock cap (``trainer.max_time``) or an interrupt that ends training before the schedule's last
+    optimiser step (``max_epochs`` x steps per epoch, or ``max_steps``) makes ``finished`` false: flmk.report
+    lists such a run as "stopped early" and never compares it with finished ones. A cap that fires after the last
+    step does not. ``epochs`` counts an epoch cut short as reached; ``epochs_done`` counts whole epochs only.
+    Read it right after ``fit`` (``test`` resets the trainer state).
     """
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
     capped = remaining is not None and remaining <= 0
     stopped_by = "interrupted" if trainer.interrupted else ("max_time" if capped else None)
     max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    batches = trainer.num_training_batches
+    epoch_steps = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) and batches else None
+    schedule_steps = max_steps or (epoch_steps * trainer.max_epochs if epoch_steps and trainer.max_epochs else None)
     return {
-        "epochs": trainer.current_epoch,  # an epoch cut short by the cap counts as reached
+        "epochs": trainer.current_epoch,
+        "epochs_done": trainer.global_step // epoch_steps if epoch_steps else None,
         "max_epochs": trainer.max_epochs,
         "steps": trainer.global_step,
         "max_steps": max_steps,
+        "schedule_steps": schedule_steps,
         "stopped_by": stopped_by,
-        "finished": stopped_by is None or (max_steps is not None and trainer.global_step >= max_steps),
+        "finished": stopped_by is None or (schedule_steps is not None and trainer.global_step >= schedule_steps),
     }
 
 

@@ -49,7 +49,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        """done, unfinished (no metrics.json) or "stopped early at epoch k of n" (meta.schedule, flmk.train)."""
+        """done, unfinished (no metrics.json) or "stopped early ..." (meta.schedule, flmk.train)."""
         if self.metrics is None:
             return "unfinished"
         s = self.meta.get("schedule") or {}
@@ -57,7 +57,10 @@ class Job:
             return "done"
         if s.get("max_steps"):
             return f"stopped early at step {s['steps']} of {s['max_steps']}"
-        return f"stopped early at epoch {s['epochs']} of {s['max_epochs']}"
+        if s.get("schedule_steps"):  # whole epochs done, and the step the cap stopped at
+            return (f"stopped early after {s['epochs_done']} of {s['max_epochs']} epochs "
+                    f"(step {s['steps']} of {s['schedule_steps']})")
+        return f"stopped early at epoch {s['epochs']} of {s['max_epochs']}"  # an epoch cut short counts as reached
 
 
 def load_jobs(sweep: Path) -> list[Job]:
@@ -307,7 +310,7 @@ def build_report(sweep: Path, jobs: list[Job], paper: dict) -> dict:
     if len(paper["columns"]) > 1 and pairs:
         summary["all"]["line"] += f" (each pair counted in each of the {len(paper['columns'])} columns)"
     runs = [{"row": j.row, "seed": j.seed, "status": j.status, "folder": j.folder.relative_to(sweep).as_posix(),
-             **{k: (j.meta.get("schedule") or {}).get(k) for k in ("epochs", "max_epochs", "steps", "max_steps")}}
+             **{k: (j.meta.get("schedule") or {}).get(k) for k in ("epochs", "epochs_done", "max_epochs", "steps", "max_steps")}}
             for name in names for j in jobs_by_row[name]]
     return {"table": paper.get("table"), "title": paper.get("title", paper.get("table")), "metric": paper["metric"],
             "scale": scale, "dataset": paper.get("dataset"), "reference": reference, "alpha": ALPHA, "n_boot": N_BOOT,
@@ -357,7 +360,8 @@ def markdown(rep: dict) -> str:
         out.append("")
     out += ["## Runs", "", "| row | seed | status | epochs | folder |", "|---|---|---|---|---|"]
     for run in rep["runs"]:
-        epochs = "–" if run["epochs"] is None else f"{run['epochs']} of {run['max_epochs']}"
+        done = run["epochs"] if run.get("epochs_done") is None else run["epochs_done"]  # whole epochs where recorded
+        epochs = "–" if done is None else f"{done} of {run['max_epochs']}"
         out.append(f"| {run['row']} | {run['seed']} | {run['status']} | {epochs} | {run['folder']} |")
     missing = list(dict.fromkeys(r["row"] for r in rep["rows"] if r["status"] != "done"))
     if missing:
