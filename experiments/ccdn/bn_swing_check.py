@@ -6,7 +6,7 @@ batch 32) with a plain loop and, after every epoch, scores the validation split 
 on the last ``--precise`` training batches), ``ema`` (an exponential moving average of the weights, decay
 ``--ema``, BN buffers copied), ``ema_precise``. A curve that stays smooth where ``running`` swings names the cause:
 stale BN statistics (precise) or the optimiser's step noise on the weights (ema).
-Usage: python experiments/ccdn/bn_swing_check.py [--epochs 30] [--steps 0] [--device cuda] [hydra overrides ...]
+Usage: python experiments/ccdn/bn_swing_check.py [--epochs 30] [--steps 0] [--val-batches 0] [--device cuda] [hydra overrides ...]
 """
 
 from __future__ import annotations
@@ -20,21 +20,27 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from flmk.data.device_augment import finish_batch
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
-def nme_io(net: torch.nn.Module, batches: list[dict], device: str) -> float:
+def on_device(b: dict, device: str) -> dict:
+    """The batch on ``device``, finished as LandmarkModule.on_after_batch_transfer does (augmentation, normalisation)."""
+    return finish_batch({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+
+
+def nme_io(net: torch.nn.Module, batches: list[dict]) -> float:
     """Mean inter-ocular NME (%) in crop coordinates (ocular corners 36, 45 of the 68-point layout)."""
     net.eval()
     errs = []
     with torch.no_grad():
         for b in batches:
-            p, t = net(b["image"].to(device))["points"].float(), b["points"].to(device)
+            p, t = net(b["image"])["points"].float(), b["points"]
             errs.append((p - t).norm(dim=-1).mean(-1) / (t[:, 36] - t[:, 45]).norm(dim=-1))
     return 100 * float(torch.cat(errs).mean())
 
 
-def with_precise_bn(net: torch.nn.Module, batches: list[dict], device: str) -> torch.nn.Module:
+def with_precise_bn(net: torch.nn.Module, batches: list[dict]) -> torch.nn.Module:
     """A copy whose BN statistics are the plain average over ``batches`` (train-mode forward, no gradient)."""
     m = copy.deepcopy(net)
     for bn in m.modules():
@@ -44,7 +50,7 @@ def with_precise_bn(net: torch.nn.Module, batches: list[dict], device: str) -> t
     m.train()
     with torch.no_grad():
         for b in batches:
-            m(b["image"].to(device))
+            m(b["image"])
     return m
 
 
@@ -54,6 +60,7 @@ def main() -> None:
     ap.add_argument("--precise", type=int, default=50, help="training batches for the recomputed BN statistics")
     ap.add_argument("--ema", type=float, default=0.999, help="decay of the weight EMA")
     ap.add_argument("--steps", type=int, default=0, help="training steps per epoch (0: the whole split)")
+    ap.add_argument("--val-batches", type=int, default=0, help="validation batches scored (0: the whole split)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
@@ -70,7 +77,7 @@ def main() -> None:
     opt = instantiate(cfg.model.optimizer)(net.parameters())
     sched = instantiate(cfg.model.scheduler)(opt)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
-    val = list(dm.val_dataloader())
+    val = [on_device(b, args.device) for i, b in zip(range(args.val_batches or 10**9), dm.val_dataloader())]
     curves: dict[str, list[float]] = {"running": [], "precise": [], "ema": [], "ema_precise": []}
     for epoch in range(args.epochs):
         net.train()
@@ -78,7 +85,7 @@ def main() -> None:
         for step, b in enumerate(dm.train_dataloader()):
             if args.steps and step == args.steps:
                 break
-            b = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in b.items()}
+            b = on_device(b, args.device)
             with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
                 terms = loss_fn(net(b["image"]), b, net)
             opt.zero_grad(set_to_none=True)
@@ -87,10 +94,8 @@ def main() -> None:
             ema.update_parameters(net)
             recent = (recent + [b])[-args.precise:]
         sched.step()
-        row = {"epoch": epoch, "running": nme_io(net, val, args.device),
-               "precise": nme_io(with_precise_bn(net, recent, args.device), val, args.device),
-               "ema": nme_io(ema.module, val, args.device),
-               "ema_precise": nme_io(with_precise_bn(ema.module, recent, args.device), val, args.device)}
+        row = {"epoch": epoch, "running": nme_io(net, val), "precise": nme_io(with_precise_bn(net, recent), val),
+               "ema": nme_io(ema.module, val), "ema_precise": nme_io(with_precise_bn(ema.module, recent), val)}
         for k in curves:
             curves[k].append(row[k])
         print(json.dumps(row), flush=True)

@@ -22,6 +22,9 @@ from flmk.data.device_augment import finish_batch
 from flmk.layouts import get_layout
 from flmk.metrics import LandmarkMetrics, jitter_terms
 
+# The module's on_after_batch_transfer (device augmentation, normalisation) is meant to run beside the data module.
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; training stops and the last good checkpoint stays as it was."""
