@@ -150,7 +150,7 @@ def row_model(times: dict, wall_s: float) -> dict:
     img_s = steady_img_s([{"images": e["images"], "seconds": e["train_seconds"]} for e in steady])
     val_images = sum(e["val_images"] for e in steady)
     val_s_per_image = sum(e["val_seconds"] for e in steady) / val_images if val_images else 0.0
-    post_s = sum(e["post_val_seconds"] for e in steady) / len(steady)  # validation metrics, checkpoints
+    post_s = sum(e["post_val_seconds"] for e in steady) / len(steady)  # validation metrics (checkpoints: in the gap)
     gaps = [b["start"] - a["end"] for a, b in zip(epochs, epochs[1:])]  # after each epoch, to the next one
     steady_gaps = gaps[1:] or gaps
     gap_s = sum(steady_gaps) / len(steady_gaps) if gaps else 0.0
