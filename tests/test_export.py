@@ -77,10 +77,25 @@ def test_int8_export_runs_under_onnxruntime_near_pytorch(tmp_path, ckpt):
 
 @requires_real
 def test_int8_drift_above_the_tolerance_stops_the_export(tmp_path, ckpt):
-    cfg = export_cfg([f"ckpt_path={ckpt}", f"out={tmp_path / 'm.onnx'}", "quantize=int8", "calibration_faces=1",
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier export")
+    cfg = export_cfg([f"ckpt_path={ckpt}", f"out={out}", "quantize=int8", "calibration_faces=1",
                       "int8_tolerance_nme=0"])
     with pytest.raises(ExportError, match=r"drifts from PyTorch by NME .* > int8_tolerance_nme=0"):
         export(cfg)
+    assert out.read_bytes() == b"an earlier export"  # the failed model never replaced it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # and left no temporary file
+
+
+@requires_real
+@pytest.mark.parametrize("fmt, written", [("onnx", "m.onnx"), ("torchscript", "m.pt")])
+def test_export_over_the_parity_tolerance_keeps_the_earlier_file(tmp_path, ckpt, fmt, written):
+    (tmp_path / written).write_bytes(b"an earlier export")
+    cfg = export_cfg([f"ckpt_path={ckpt}", f"out={tmp_path / 'm.onnx'}", f"format={fmt}", "parity_tolerance_px=-1"])
+    with pytest.raises(ExportError, match=rf"> parity_tolerance_px=-1.*; .*{written} was not written"):
+        export(cfg)
+    assert (tmp_path / written).read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [written]
 
 
 def test_drift_in_pixels_and_over_the_box_size():

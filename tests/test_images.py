@@ -35,6 +35,14 @@ def test_write_atomic_failed_writer_names_the_file_and_keeps_the_old_one(tmp_pat
         write_atomic(target, lambda tmp: False)  # cv2.imwrite's way of failing
     assert target.read_bytes() == b"old"
 
+    def write_then_fail(tmp: Path) -> None:  # e.g. a check of the written file
+        tmp.write_bytes(b"new")
+        raise ValueError("check failed")
+
+    with pytest.raises(ValueError, match="check failed"):
+        write_atomic(target, write_then_fail)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["1.png"]
+
 
 def test_read_rgb_names_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="does not exist"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -124,8 +125,9 @@ def quantize_int8(fp32: Path, out: Path, crops: np.ndarray) -> None:
 
 
 def to_onnx(fn: PointsNet, example: torch.Tensor, out: Path, desc: dict, opset: int,
-            calibration: np.ndarray | None = None) -> Path:
-    """The ONNX file of ``fn`` with ``desc`` as metadata; int8-quantised on ``calibration`` crops when given."""
+            calibration: np.ndarray | None = None, check: Callable[[Path], object] | None = None) -> Path:
+    """The ONNX file of ``fn`` with ``desc`` as metadata; int8-quantised on ``calibration`` crops when given.
+    ``check(file)`` runs on the written file before it replaces ``out``: if it raises, ``out`` stays as it was."""
     import onnx
 
     def write(tmp: Path) -> None:
@@ -142,6 +144,8 @@ def to_onnx(fn: PointsNet, example: torch.Tensor, out: Path, desc: dict, opset: 
         model = onnx.load(str(tmp))
         model.metadata_props.add(key="flmk", value=json.dumps(desc))
         onnx.save(model, str(tmp))
+        if check is not None:
+            check(tmp)
 
     return write_atomic(out, write)
 
@@ -171,37 +175,46 @@ def export(cfg: DictConfig) -> dict[str, float]:
     if quantize is not None:
         xc, _, _, calibrated_on = parity_faces(reference, str(cfg.calibration_images), cfg.calibration_faces,
                                                exclude=str(cfg.parity_images))
-        to_onnx(fn, example, out, {**desc, "quantize": quantize}, cfg.opset, calibration=xc)
-        d = drift(Landmarker.from_onnx(out).net(x, a), expected, boxes)
-        print(f"{out}: {quantize} model calibrated on {calibrated_on}; vs fp32 PyTorch on {what}: points differ by "
-              f"{d['max_px']:.3f} px max, {d['mean_px']:.3f} px mean; NME (over face box size) "
-              f"{100 * d['nme_mean']:.3f}% mean, {100 * d['nme_max']:.3f}% max")
-        if d["nme_max"] > cfg.int8_tolerance_nme:
-            raise ExportError(f"the {quantize} model drifts from PyTorch by NME {d['nme_max']:.4f} > "
-                              f"int8_tolerance_nme={cfg.int8_tolerance_nme} (export fp32: quantize=null)")
+        d = {}
+
+        def within_drift(tmp: Path) -> None:
+            d.update(drift(Landmarker.from_onnx(tmp).net(x, a), expected, boxes))
+            print(f"{out}: {quantize} model calibrated on {calibrated_on}; vs fp32 PyTorch on {what}: points differ "
+                  f"by {d['max_px']:.3f} px max, {d['mean_px']:.3f} px mean; NME (over face box size) "
+                  f"{100 * d['nme_mean']:.3f}% mean, {100 * d['nme_max']:.3f}% max")
+            if d["nme_max"] > cfg.int8_tolerance_nme:
+                raise ExportError(f"the {quantize} model drifts from PyTorch by NME {d['nme_max']:.4f} > "
+                                  f"int8_tolerance_nme={cfg.int8_tolerance_nme} (export fp32: quantize=null); "
+                                  f"{out} was not written")
+
+        to_onnx(fn, example, out, {**desc, "quantize": quantize}, cfg.opset, calibration=xc, check=within_drift)
         return {str(out): d["max_px"]}
     diffs = {}
+
+    def within_parity(path: Path, got: np.ndarray) -> None:
+        """Each file is checked before it replaces ``path``: one over the tolerance leaves ``path`` as it was."""
+        diffs[str(path)] = float(np.abs(got - expected).max())
+        print(f"{path}: max point difference vs PyTorch on {what}: {diffs[str(path)]:.5f} px")
+        if diffs[str(path)] > cfg.parity_tolerance_px:
+            raise ExportError(f"export differs from PyTorch by {diffs[str(path)]:.4f} px > "
+                              f"parity_tolerance_px={cfg.parity_tolerance_px}; {path} was not written")
+
     if cfg.format in ("onnx", "all"):
-        to_onnx(fn, example, out, desc, cfg.opset)
-        got = Landmarker.from_onnx(out).net(x, a)
-        diffs[str(out)] = float(np.abs(got - expected).max())
+        to_onnx(fn, example, out, desc, cfg.opset,
+                check=lambda tmp: within_parity(out, Landmarker.from_onnx(tmp).net(x, a)))
     if cfg.format in ("torchscript", "all"):
         ts_path = out.with_suffix(".pt")
         with torch.no_grad():
             traced = torch.jit.trace(fn, example, check_trace=False)
-        write_atomic(ts_path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={"flmk.json": json.dumps(desc)}))
-        loaded = torch.jit.load(str(ts_path))
-        with torch.no_grad():
-            pts = loaded(torch.from_numpy(x))
         from flmk.models.module import to_original
 
-        got = to_original(pts, torch.from_numpy(a), desc["crop_size"]).numpy()
-        diffs[str(ts_path)] = float(np.abs(got - expected).max())
-    for path, d in diffs.items():
-        print(f"{path}: max point difference vs PyTorch on {what}: {d:.5f} px")
-    worst = max(diffs.values())
-    if worst > cfg.parity_tolerance_px:
-        raise ExportError(f"export differs from PyTorch by {worst:.4f} px > parity_tolerance_px={cfg.parity_tolerance_px}")
+        def write_ts(tmp: Path) -> None:
+            torch.jit.save(traced, str(tmp), _extra_files={"flmk.json": json.dumps(desc)})
+            with torch.no_grad():
+                pts = torch.jit.load(str(tmp))(torch.from_numpy(x))
+            within_parity(ts_path, to_original(pts, torch.from_numpy(a), desc["crop_size"]).numpy())
+
+        write_atomic(ts_path, write_ts)
     return diffs
 
 

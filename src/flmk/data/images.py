@@ -67,11 +67,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
 
     Readers never see half a file, neither after a killed run nor while other processes (sweep rows,
     DDP ranks) fill the same cache: each writer has its own temporary file, and the rename is atomic.
+    A writer that fails (returns False or raises, e.g. a check of the written file) leaves ``path`` as it
+    was and removes its temporary file.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    if write(tmp) is False:
-        raise OSError(f"could not write {tmp}")
+    try:
+        if write(tmp) is False:
+            raise OSError(f"could not write {tmp}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
