@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 
 import torch
@@ -77,7 +78,7 @@ def main() -> None:
     opt = instantiate(cfg.model.optimizer)(net.parameters())
     sched = instantiate(cfg.model.scheduler)(opt)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
-    val = [on_device(b, args.device) for i, b in zip(range(args.val_batches or 10**9), dm.val_dataloader())]
+    val = [on_device(b, args.device) for b in itertools.islice(dm.val_dataloader(), args.val_batches or None)]
     curves: dict[str, list[float]] = {"running": [], "precise": [], "ema": [], "ema_precise": []}
     for epoch in range(args.epochs):
         net.train()

@@ -211,9 +211,10 @@ class RowTimes(EpochThroughput):
     ``seconds`` include the validation inside them) split into training (``train_seconds``), validation
     (``val_seconds``, ``val_images``) and what follows it before the epoch ends (``post_val_seconds``: the
     validation metrics, a cost per epoch rather than per image), with ``start`` and ``end`` placing the epoch in
-    time (the gaps between epochs show: ModelCheckpoint, whose hook runs after this one, writes there); the test; and the images (and training batches) a
-    full pass of each loader yields (what the run would see without ``trainer.limit_*_batches``). A relative
-    ``out`` lands in the run folder. Written after fitting and again after testing."""
+    time (the gaps between epochs show: ModelCheckpoint, whose hook runs after this one, writes there); the test;
+    and the images (and training batches) a full pass of each loader yields (what the run would see without
+    ``trainer.limit_*_batches``). A relative ``out`` lands in the run folder. Written after fitting and again after
+    testing."""
 
     def __init__(self, out: str = "row_times.json"):
         super().__init__(out)
