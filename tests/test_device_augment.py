@@ -110,10 +110,10 @@ def _train_batch(tmp_path, synthetic_root, augment_on, photometric=False):
 
 def test_device_batches_match_worker_batches(tmp_path, synthetic_root):
     """Same seed, same draws: the device path gives the worker path's points and (up to resampling) crops."""
-    workers = finish_batch(_train_batch(tmp_path / "w", synthetic_root, "workers"))
+    workers = finish_batch(_train_batch(tmp_path / "w", synthetic_root, "workers"), 64)
     raw = _train_batch(tmp_path / "d", synthetic_root, "device")
     assert "image" not in raw and raw["canvas"].dtype == torch.uint8
-    device = finish_batch(dict(raw))
+    device = finish_batch(dict(raw), 64)
     assert "canvas" not in device and device["image"].shape == workers["image"].shape == (4, 3, 64, 64)
     for k in ("points", "visible", "affine", "box", "index"):
         torch.testing.assert_close(device[k], workers[k])
@@ -122,8 +122,8 @@ def test_device_batches_match_worker_batches(tmp_path, synthetic_root):
 
 
 def test_device_photometric_changes_the_crop(tmp_path, synthetic_root):
-    plain = finish_batch(_train_batch(tmp_path / "a", synthetic_root, "device"))
-    coloured = finish_batch(_train_batch(tmp_path / "b", synthetic_root, "device", photometric=True))
+    plain = finish_batch(_train_batch(tmp_path / "a", synthetic_root, "device"), 64)
+    coloured = finish_batch(_train_batch(tmp_path / "b", synthetic_root, "device", photometric=True), 64)
     torch.testing.assert_close(plain["points"], coloured["points"])
     assert float((plain["image"] - coloured["image"]).abs().mean()) > 0.05
 

@@ -33,7 +33,8 @@ def test_uint8_batches_reach_the_network_as_the_float_ones(tmp_path, synthetic_r
     a = next(iter(_dm(tmp_path / "a", synthetic_root, "uint8").val_dataloader()))
     b = next(iter(_dm(tmp_path / "b", synthetic_root, "float32").val_dataloader()))
     assert a["image"].dtype == torch.uint8 and b["image"].dtype == torch.float32
-    module = LandmarkModule.__new__(LandmarkModule)  # the hook needs no state
+    module = LandmarkModule.__new__(LandmarkModule)  # the hook needs no state but the crop size
+    module.__dict__["crop_size"] = b["image"].shape[-1]
     moved = LandmarkModule.on_after_batch_transfer(module, dict(a), 0)
     torch.testing.assert_close(moved["image"], b["image"], atol=1e-6, rtol=0)
 

@@ -25,9 +25,9 @@ from flmk.data.device_augment import finish_batch
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
-def on_device(b: dict, device: str) -> dict:
+def on_device(b: dict, device: str, crop_size: int) -> dict:
     """The batch on ``device``, finished as LandmarkModule.on_after_batch_transfer does (augmentation, normalisation)."""
-    return finish_batch({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+    return finish_batch({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}, crop_size)
 
 
 def nme_io(net: torch.nn.Module, batches: list[dict]) -> float:
@@ -78,7 +78,7 @@ def main() -> None:
     opt = instantiate(cfg.model.optimizer)(net.parameters())
     sched = instantiate(cfg.model.scheduler)(opt)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
-    val = [on_device(b, args.device) for b in itertools.islice(dm.val_dataloader(), args.val_batches or None)]
+    val = [on_device(b, args.device, module.crop_size) for b in itertools.islice(dm.val_dataloader(), args.val_batches or None)]
     curves: dict[str, list[float]] = {"running": [], "precise": [], "ema": [], "ema_precise": []}
     for epoch in range(args.epochs):
         net.train()
@@ -86,7 +86,7 @@ def main() -> None:
         for step, b in enumerate(dm.train_dataloader()):
             if args.steps and step == args.steps:
                 break
-            b = on_device(b, args.device)
+            b = on_device(b, args.device, module.crop_size)
             with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
                 terms = loss_fn(net(b["image"]), b, net)
             opt.zero_grad(set_to_none=True)

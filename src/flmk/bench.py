@@ -47,9 +47,9 @@ from flmk.data.device_augment import finish_batch
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
-def _to(batch: dict, device: torch.device, channels_last: bool) -> dict:
+def _to(batch: dict, device: torch.device, channels_last: bool, crop_size: int) -> dict:
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out = finish_batch(out)
+    out = finish_batch(out, crop_size)
     if channels_last and out["image"].dim() == 4:
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
@@ -323,7 +323,8 @@ def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
     module = build_module(cfg, dm)
     module.set_mean_shape(dm.mean_shape())
     module.to(device)
-    batches = [_to(x, device, b.channels_last) for x in itertools.islice(dm.train_dataloader(), b.plain_batches)]
+    batches = [_to(x, device, b.channels_last, module.crop_size)
+               for x in itertools.islice(dm.train_dataloader(), b.plain_batches)]
     precision = "bf16" if "bf16" in str(cfg.trainer.precision) and device.type == "cuda" else "fp32"
     runner = Runner(module, device, precision, compiled=bool(cfg.model.get("compile", False)),  # as flmk.train
                     channels_last=b.channels_last, mode=cfg.model.get("compile_mode", "default"),
@@ -386,7 +387,7 @@ def bench(cfg: DictConfig) -> dict:
     module = build_module(cfg, dm)
     module.set_mean_shape(dm.mean_shape())
     module.to(device)
-    batch = _to(_repeat(next(iter(dm.train_dataloader())), b.batch_size), device, b.channels_last)
+    batch = _to(_repeat(next(iter(dm.train_dataloader())), b.batch_size), device, b.channels_last, module.crop_size)
     frames = batch["image"].shape[0] * (batch["image"].shape[1] if batch["image"].dim() == 5 else 1)
     precisions = [p for p in b.precisions if device.type == "cuda" or p == "fp32"]
     results = {
@@ -416,7 +417,7 @@ def bench(cfg: DictConfig) -> dict:
                 n_img, start = 0, time.perf_counter()
                 for _ in range(b.steps):
                     try:
-                        real = _to(next(loader), device, b.channels_last)
+                        real = _to(next(loader), device, b.channels_last, module.crop_size)
                     except StopIteration:
                         break
                     runner.train_step(real)

@@ -79,7 +79,7 @@ class FaceDataset(Dataset):
         s = self.transform.crop_size
         on_device = self.canvas is not None
         out = self.transform(image, r.points, box, visible, rng, params=params, source=source, on_device=on_device)
-        pixels = ({"canvas": torch.from_numpy(to_chw_uint8(image)), "crop_size": torch.tensor(s),
+        pixels = ({"canvas": torch.from_numpy(to_chw_uint8(image)),
                    **{k: torch.from_numpy(np.asarray(out[k], dtype=np.float32))
                       for k in ("warp", "color", "blur_kernel", "noise_std", "holes")}}
                   if on_device else {"image": torch.from_numpy(self.to_image(out["crop"]))})

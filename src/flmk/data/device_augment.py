@@ -109,13 +109,13 @@ def augment_batch(batch: dict, crop_size: int) -> torch.Tensor:
     return x.reshape(*lead, *x.shape[1:])
 
 
-def finish_batch(batch: dict) -> dict:
-    """On the device, after the transfer: augment a device-augmentation batch, then ImageNet-normalise the image
-    (uint8 crops from ``data.image_dtype=uint8`` too). Float images that are already normalised pass unchanged."""
+def finish_batch(batch: dict, crop_size: int) -> dict:
+    """On the device, after the transfer: augment a device-augmentation batch into ``crop_size`` crops (the
+    model's; a Python int, so no step waits on the device to read it), then ImageNet-normalise the image (uint8
+    crops from ``data.image_dtype=uint8`` too). Float images that are already normalised pass unchanged."""
     if "canvas" in batch:
-        crop_size = int(batch["crop_size"].reshape(-1)[0])
         x = augment_batch(batch, crop_size)
-        for k in ("canvas", "warp", "color", "blur_kernel", "noise_std", "holes", "crop_size"):
+        for k in ("canvas", "warp", "color", "blur_kernel", "noise_std", "holes"):
             batch.pop(k)
         batch["image"] = normalise_image(x, scale=255.0)
     else:

@@ -173,7 +173,7 @@ class LandmarkModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Device augmentation (data.augment_on=device) and the normalisation of uint8 crops run here, on the device."""
-        return finish_batch(batch)
+        return finish_batch(batch, self.crop_size)
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
