@@ -82,10 +82,13 @@ def test_checkpoints_written_in_background_equal_the_synchronous_ones(tmp_path, 
     """checkpoint_background=true: the same last.ckpt, best.ckpt (epoch, step, weights) and test numbers."""
     from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
+    from flmk.errors import OptionError
     from flmk.runstate import AtomicCheckpointIO, checkpoint_io
 
     assert isinstance(checkpoint_io(background=True), AsyncCheckpointIO)
     assert isinstance(checkpoint_io(background=True).checkpoint_io, AtomicCheckpointIO)
+    with pytest.raises(OptionError, match="checkpoint_background='maybe': expected true or false"):
+        checkpoint_io(background="maybe")
     run = tmp_path / "run"
     train(compose_train(RUN + ["checkpoint_background=true"], run, synthetic_root))
     assert_same_run(uninterrupted, run)

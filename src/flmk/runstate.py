@@ -40,6 +40,7 @@ from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from flmk.data.images import write_atomic
+from flmk.errors import OptionError
 
 INTERRUPTED = "INTERRUPTED.txt"
 
@@ -246,4 +247,6 @@ def checkpoint_io(background: bool = False) -> CheckpointIO:
     while training goes on (Lightning's AsyncCheckpointIO, which clones the tensors on the training thread first,
     so the file holds the weights of the moment it was asked for). The thread is joined when fit ends, before the
     test reads ``best.ckpt``; a failed write is raised at the next save or at that join."""
+    if not isinstance(background, bool):
+        raise OptionError(f"checkpoint_background={background!r}: expected true or false")
     return AsyncCheckpointIO(AtomicCheckpointIO()) if background else AtomicCheckpointIO()
