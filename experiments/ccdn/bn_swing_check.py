@@ -19,9 +19,10 @@ import json
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from flmk.data.device_augment import finish_batch
+from flmk.models.module import TrainForward
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
@@ -42,16 +43,9 @@ def nme_io(net: torch.nn.Module, batches: list[dict]) -> float:
 
 
 def with_precise_bn(net: torch.nn.Module, batches: list[dict]) -> torch.nn.Module:
-    """A copy whose BN statistics are the plain average over ``batches`` (train-mode forward, no gradient)."""
+    """A copy whose BN statistics are the plain average over ``batches`` (what model.precise_bn does in training)."""
     m = copy.deepcopy(net)
-    for bn in m.modules():
-        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
-            bn.reset_running_stats()
-            bn.momentum = None
-    m.train()
-    with torch.no_grad():
-        for b in batches:
-            m(b["image"])
+    update_bn(batches, TrainForward(m, takes_points=False))
     return m
 
 

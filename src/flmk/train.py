@@ -61,7 +61,8 @@ def build_module(cfg: DictConfig, dm) -> pl.LightningModule:
     general = {"ema_decay": cfg.model.get("ema_decay"), "test_flip": cfg.model.get("test_flip", False),
                "finite_check_every": cfg.model.get("finite_check_every", 50),
                "compile": cfg.model.get("compile", False), "compile_mode": cfg.model.get("compile_mode", "default"),
-               "compile_backend": cfg.model.get("compile_backend", "inductor")}
+               "compile_backend": cfg.model.get("compile_backend", "inductor"),
+               "precise_bn": cfg.model.get("precise_bn", 0)}
     return module_cls(
         net=instantiate(cfg.model.net),
         loss=instantiate(cfg.model.loss),

@@ -9,13 +9,14 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from flmk.compiled import compile_options, pad_rows, unpad, uses_cuda_graphs
 from flmk.data.device_augment import finish_batch
@@ -33,6 +34,20 @@ class NonFiniteLossError(RuntimeError):
 # [assume] "diverged": validation NME above DIVERGENCE_FACTOR x the mean shape's for DIVERGENCE_EPOCHS epochs in a row
 DIVERGENCE_FACTOR = 2.0
 DIVERGENCE_EPOCHS = 3
+
+
+class TrainForward(nn.Module):
+    """The net's training forward on a finished batch (the points too for nets that take them), eager: what
+    torch.optim.swa_utils.update_bn calls to recompute BatchNorm statistics (model.precise_bn)."""
+
+    def __init__(self, net: nn.Module, takes_points: bool):
+        super().__init__()
+        self.net, self.takes_points = net, takes_points
+
+    def forward(self, batch: dict) -> dict:
+        if self.takes_points:
+            return self.net.forward(batch["image"], points=batch["points"])
+        return self.net.forward(batch["image"])
 
 
 def to_original(points: torch.Tensor, affine: torch.Tensor, crop_size: int) -> torch.Tensor:
@@ -97,6 +112,7 @@ class LandmarkModule(pl.LightningModule):
         compile: bool = False,
         compile_mode: str = "default",
         compile_backend: str = "inductor",
+        precise_bn: int = 0,
     ):
         super().__init__()
         self.net, self.loss = net, loss
@@ -105,6 +121,13 @@ class LandmarkModule(pl.LightningModule):
             raise ValueError(f"model.ema_decay={ema_decay}: expected a decay in (0, 1), or null for no EMA")
         self.ema = None if ema_decay is None else AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(ema_decay),
                                                                   use_buffers=True).requires_grad_(False)
+        # model.precise_bn: before each validation the evaluated net's BatchNorm statistics are recomputed, a plain
+        # average (torch.optim.swa_utils.update_bn), over the last that many training batches with the weights that
+        # validation uses, instead of the running statistics' momentum-0.1 average over batches of earlier weights;
+        # 0 = off (the papers). Those batches stay in memory (on the device) until the validation.
+        if precise_bn < 0:
+            raise ValueError(f"model.precise_bn={precise_bn}: expected a number of training batches >= 0 (0 = off)")
+        self.recent_batches: deque[dict] = deque(maxlen=precise_bn)
         self.test_flip = test_flip  # model.test_flip: average with the un-flipped prediction of the mirrored image
         # nets that use the ground truth while training (SRN's noise occlusion centred on a true landmark)
         self.net_takes_points = "points" in inspect.signature(net.forward).parameters
@@ -196,6 +219,18 @@ class LandmarkModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+        if self.recent_batches.maxlen:
+            self.recent_batches.append({k: batch[k] for k in ("image", "points")})
+
+    def on_validation_epoch_start(self) -> None:
+        """model.precise_bn: the evaluated net's BN statistics from the last training batches (see __init__)."""
+        if not self.recent_batches:  # off, the sanity check, or a validation before any training step
+            return
+        net = self.net if self.ema is None else self.ema.module
+        with self.trainer.precision_plugin.forward_context():
+            # update_bn puts the module it is given back in that module's mode: the net's (eval, for validation)
+            update_bn(self.recent_batches, TrainForward(net, self.net_takes_points).train(net.training))
+        self.recent_batches.clear()
 
     def check_finite(self, terms: dict | None = None) -> None:
         """Read the device flag back; a NaN/inf loss since the last check stops training with the terms."""
