@@ -314,12 +314,21 @@ def train_img_s(overrides: list[str], run_dir: Path, epochs: int, *extra: str) -
             "gap_s": gap_s, "wall_img_s": images / (sum(e["seconds"] for e in steady) + gap_s * len(steady))}
 
 
-def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
-    """The same network, loss, optimiser, batch and precision in a bare loop on batches already on the device."""
-    b = cfg.bench
+def fit_datamodule(cfg: DictConfig, device: torch.device):
+    """The data module flmk.train builds, set up for fitting on ``device``; ``data.augment_on=auto`` resolved as
+    the Trainer would resolve it (on the device when it is a GPU), since here no Trainer is attached."""
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
+    if dm.augment_on == "auto":
+        dm.augment_on = "device" if device.type == "cuda" else "workers"
+    return dm
+
+
+def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
+    """The same network, loss, optimiser, batch and precision in a bare loop on batches already on the device."""
+    b = cfg.bench
+    dm = fit_datamodule(cfg, device)
     module = build_module(cfg, dm)
     module.set_mean_shape(dm.mean_shape())
     module.to(device)
