@@ -25,10 +25,12 @@ def test_e2e_mode_times_flmk_train_and_a_plain_loop(tmp_path):
     cmd = [sys.executable, "-m", "flmk.bench", "bench.mode=e2e", "model=baseline", "model.pretrained=false",
            "model.crop_size=64", "bench.epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
            "bench.steps=2", "bench.warmup=1", "bench.plain_batches=2", "callbacks.progress_bar=null",
-           f"hydra.run.dir={tmp_path}"]
+           "bench.loader_epochs=2", "bench.loader_batches=2", f"hydra.run.dir={tmp_path}"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    e2e = json.loads((tmp_path / "bench.json").read_text())["e2e"]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["num_workers"] == 2 and results["cpus"] == len(os.sched_getaffinity(0))  # data=synthetic's 2
+    e2e = results["e2e"]
     assert e2e["epochs"] == 2 and e2e["flmk_img_s"] > 0 and e2e["plain_img_s"] > 0
     assert e2e["ratio"] == pytest.approx(e2e["flmk_img_s"] / e2e["plain_img_s"])
     epochs = json.loads((tmp_path / "e2e_flmk" / "throughput.json").read_text())["epochs"]
@@ -43,6 +45,9 @@ def test_e2e_mode_times_flmk_train_and_a_plain_loop(tmp_path):
     wall = steady["images"] / (steady["seconds"] + e2e["epoch_gap_s"])
     assert e2e["flmk_wall_img_s"] == pytest.approx(wall) and e2e["flmk_wall_img_s"] < e2e["flmk_img_s"]
     assert e2e["wall_ratio"] == pytest.approx(e2e["flmk_wall_img_s"] / e2e["plain_img_s"])
+    # the training loader alone, in the benchmark's own process (2 epochs of 2 batches, the second timed)
+    assert 0 < e2e["loader_img_s"] < float("inf") and 0 < e2e["loader_ratio"] < float("inf")
+    assert e2e["loader_ratio"] == pytest.approx(e2e["loader_img_s"] / e2e["plain_img_s"])
 
 
 def test_latency_section_on_a_tiny_cpu_run(tmp_path, synthetic_root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -174,6 +175,27 @@ def test_not_a_checkpoint_stops_naming_it(tmp_path):
         Landmarker.from_checkpoint(fake)
 
 
+class CentreBox:
+    """A detector for the benchmark's video of one synthetic face: a box around the middle of the frame."""
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = image.shape[:2]
+        return np.array([[w / 4, h / 8, 3 * w / 4, 7 * h / 8]]), np.ones(1)
+
+
+def test_bench_reports_the_cpus_it_may_use_and_the_threads_of_the_network(tmp_path, ckpt, synthetic_root):
+    """bench.json's "cpus" is the process's CPU affinity (not the machine's cores), "threads" torch's on CPU."""
+    from flmk.predict import bench
+
+    cfg = predict_cfg([f"ckpt_path={ckpt}", f"input={stills(synthetic_root, 1)[0][0]}", f"out={tmp_path}",
+                       "bench=true", "bench_frames=3", "device=cpu"])
+    cfg.detector = {"_target_": f"{__name__}.CentreBox"}
+    result = json.loads(bench(cfg).read_text())
+    assert result["cpus"] == len(os.sched_getaffinity(0))
+    assert isinstance(result["threads"], int) and result["threads"] == torch.get_num_threads() > 0
+    assert result["device"] == "cpu" and result["end_to_end_fps_detect_every_1"] > 0
+
+
 def test_jitter_is_motion_over_inter_ocular_distance():
     t = np.arange(5, dtype=float)
     base = np.zeros((68, 2))
@@ -229,6 +251,9 @@ def test_export_onnx_parity_and_onnx_backend_without_torch(tmp_path, ckpt, synth
     rgb, box = read_rgb(path), points_box(pts)
     boxes = [box, box + 3, box - 2]
     ours = np.array([f["points"] for f in Landmarker.from_onnx(tmp_path / "m.onnx")(rgb, boxes=boxes)])
+    # the intra-op threads as set (bench.json's "threads"); None where onnxruntime picks them itself
+    assert Landmarker.from_onnx(tmp_path / "m.onnx").net.threads is None
+    assert Landmarker.from_onnx(tmp_path / "m.onnx", threads=2).net.threads == 2
     theirs = np.array([f["points"] for f in Landmarker.from_checkpoint(ckpt, device="cpu")(rgb, boxes=boxes)])
     assert np.abs(ours - theirs).max() <= 0.01
     # flmk.predict backend=onnx in a process where torch cannot be imported

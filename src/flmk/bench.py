@@ -17,15 +17,19 @@ the compiled path on inputs already on the device (no host copies).
 data module, logging, checkpointing) for ``bench.epochs`` epochs, timed per
 training epoch by :class:`EpochThroughput`, against a plain PyTorch loop of
 the same network, loss, optimiser, batch and precision on batches preloaded on
-the device; with ``bench.ddp=true`` also ``flmk.train trainer=ddp`` on every
-visible GPU. Prints a table and writes ``bench.json``. Record GPU numbers in
-experiments/BENCHMARKS.md with the GPU, versions and command.
+the device, and against the training data loader alone (``loader_img_s``:
+workers, transfer and the batch finished on the device, no network: the most
+``flmk.train`` can reach); with ``bench.ddp=true`` also ``flmk.train
+trainer=ddp`` on every visible GPU. Prints a table and writes ``bench.json``.
+Record GPU numbers in experiments/BENCHMARKS.md with the GPU, versions and
+command.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -314,12 +318,21 @@ def train_img_s(overrides: list[str], run_dir: Path, epochs: int, *extra: str) -
             "gap_s": gap_s, "wall_img_s": images / (sum(e["seconds"] for e in steady) + gap_s * len(steady))}
 
 
-def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
-    """The same network, loss, optimiser, batch and precision in a bare loop on batches already on the device."""
-    b = cfg.bench
+def fit_datamodule(cfg: DictConfig, device: torch.device):
+    """The data module flmk.train builds, set up for fitting on ``device``; ``data.augment_on=auto`` resolved as
+    the Trainer would resolve it (on the device when it is a GPU), since here no Trainer is attached."""
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
+    if dm.augment_on == "auto":
+        dm.augment_on = "device" if device.type == "cuda" else "workers"
+    return dm
+
+
+def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
+    """The same network, loss, optimiser, batch and precision in a bare loop on batches already on the device."""
+    b = cfg.bench
+    dm = fit_datamodule(cfg, device)
     module = build_module(cfg, dm)
     module.set_mean_shape(dm.mean_shape())
     module.to(device)
@@ -334,6 +347,24 @@ def plain_img_s(cfg: DictConfig, device: torch.device) -> float:
     return batches[0]["image"].shape[0] / step_s
 
 
+def loader_img_s(cfg: DictConfig, device: torch.device) -> float:
+    """The training loader alone, with no network: its workers' per-sample work, collation, pinning, the copy to
+    the device and the batch finished there as LandmarkModule.on_after_batch_transfer finishes it (device
+    augmentation, normalisation). Images/s over ``bench.loader_epochs`` epochs (each cut after
+    ``bench.loader_batches`` batches when that is > 0), the first left out when there are several."""
+    b = cfg.bench
+    loader = fit_datamodule(cfg, device).train_dataloader()
+    epochs = []
+    for epoch in range(b.loader_epochs):
+        loader.sampler.set_epoch(epoch)  # as Lightning does at every epoch start
+        images, start = 0, time.perf_counter()
+        for batch in itertools.islice(loader, b.loader_batches or None):
+            images += _batch_images(_to(batch, device, b.channels_last, cfg.model.crop_size))
+        _sync(device)
+        epochs.append({"images": images, "seconds": time.perf_counter() - start})
+    return steady_img_s(epochs)
+
+
 def user_overrides() -> list[str]:
     """This benchmark's command-line overrides, less its own `bench.*` keys: what `flmk.train` is given."""
     return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("bench.")]
@@ -345,10 +376,12 @@ def bench_e2e(cfg: DictConfig) -> dict:
     overrides = user_overrides()
     flmk_run = train_img_s(overrides, out / "e2e_flmk", b.epochs)
     plain = plain_img_s(cfg, device)
+    loader = loader_img_s(cfg, device)
     results = {
         "model": cfg.model.name, "data": cfg.data.name, "crop_size": cfg.model.crop_size,
         "batch_size": cfg.data.batch_size, "precision": str(cfg.trainer.precision), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "num_workers": cfg.data.num_workers, "cpus": len(os.sched_getaffinity(0)),
         "e2e": {"flmk_img_s": flmk_run["img_s"], "plain_img_s": plain, "ratio": flmk_run["img_s"] / plain,
                 "epochs": flmk_run["epochs"],
                 # where an epoch's time goes: its training part alone against the plain loop, its fixed costs, and
@@ -357,7 +390,9 @@ def bench_e2e(cfg: DictConfig) -> dict:
                 "train_only_ratio": flmk_run["train_only_img_s"] / plain,
                 "epoch_val_s": flmk_run["val_s"], "epoch_metrics_s": flmk_run["post_val_s"],
                 "epoch_gap_s": flmk_run["gap_s"], "flmk_wall_img_s": flmk_run["wall_img_s"],
-                "wall_ratio": flmk_run["wall_img_s"] / plain},
+                "wall_ratio": flmk_run["wall_img_s"] / plain,
+                # the training loader alone (workers, transfer, finishing on the device): flmk.train's ceiling
+                "loader_img_s": loader, "loader_ratio": loader / plain},
     }
     gpus = torch.cuda.device_count()
     if b.ddp and gpus > 1:
@@ -440,7 +475,7 @@ def _write(results: dict, out: Path) -> None:
 def _print(results: dict, out: Path) -> None:
     if "e2e" in results:
         table = Table(title=f"{results['model']} end to end on {results['device']}, batch {results['batch_size']}, "
-                            f"{results['precision']}")
+                            f"{results['precision']}, {results['num_workers']} workers on {results['cpus']} CPUs")
         for col in ("what", "img/s", "ratio"):
             table.add_column(col, justify="right")
         e = results["e2e"]
@@ -449,6 +484,8 @@ def _print(results: dict, out: Path) -> None:
                       f"{e['epoch_metrics_s']:.2f} s)", f"{e['flmk_train_only_img_s']:.1f}", f"{e['train_only_ratio']:.2f}")
         table.add_row(f"  with the gaps between epochs ({e['epoch_gap_s']:.2f} s each: checkpoints, next epoch's start)",
                       f"{e['flmk_wall_img_s']:.1f}", f"{e['wall_ratio']:.2f}")
+        table.add_row("data loader alone (workers, transfer, device finishing)", f"{e['loader_img_s']:.1f}",
+                      f"{e['loader_ratio']:.2f}")
         table.add_row("plain PyTorch loop", f"{e['plain_img_s']:.1f}", "1.00")
         if "scaling" in results.get("ddp", {}):
             d = results["ddp"]

@@ -109,6 +109,11 @@ class TorchNet:
         if compile is not None and (self.device.type == "cuda" or compile_backend != "inductor"):
             self.compiled = CompiledPoints(self.net, int(desc["crop_size"]), compile, max_batch, compile_backend)
 
+    @property
+    def threads(self) -> int | None:
+        """CPU threads the network runs with (torch's intra-op pool); None on a GPU."""
+        return self.torch.get_num_threads() if self.device.type == "cpu" else None
+
     def _run(self, fn, *args):
         torch = self.torch
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -182,6 +187,8 @@ class OnnxNet:
             raise ValueError(f"onnx={path}: not an flmk export (no 'flmk' metadata; write it with flmk.export)")
         self.desc = json.loads(meta["flmk"])
         self.input = self.session.get_inputs()[0].name
+        # onnxruntime's intra-op threads as set; None: onnxruntime's own choice, which its API does not report
+        self.threads = threads
 
     def __call__(self, x: np.ndarray, affines: np.ndarray) -> np.ndarray:
         points = self.session.run(["points"], {self.input: x})[0]

@@ -307,8 +307,16 @@ def bench_video(source: Path, frames: int, size=(640, 480)) -> list[np.ndarray]:
     return out
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity: taskset, cgroups), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def bench(cfg: DictConfig) -> Path:
-    """End-to-end frames/s of tracking a 640x480 one-face video, and each stage alone (detector, crop, network)."""
+    """End-to-end frames/s of tracking a 640x480 one-face video, and each stage alone (detector, crop, network).
+
+    bench.json also says on how many CPUs this process may run (``cpus``) and with how many threads the network
+    runs (``threads``: torch's on CPU, None on a GPU; onnxruntime's as set by ``threads``, None when it chose)."""
     lm = build_landmarker(cfg)
     frames = bench_video(Path(cfg.input), cfg.bench_frames)
     timings = {}
@@ -339,7 +347,8 @@ def bench(cfg: DictConfig) -> Path:
 
     result = {"model": lm.desc["model"].get("name"), "backend": cfg.backend, "crop_size": lm.crop_size,
               "device": getattr(getattr(lm.net, "device", None), "type", "cpu"), "cpu": platform.processor(),
-              "threads": os.cpu_count(), "frames": len(frames), **{k: round(v, 2) for k, v in timings.items()}}
+              "cpus": cpus(), "threads": lm.net.threads, "frames": len(frames),
+              **{k: round(v, 2) for k, v in timings.items()}}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
