@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ from rich.table import Table
 
 from flmk.compiled import compile_fn
 from flmk.data.device_augment import finish_batch
+from flmk.predict import cpus
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
 
@@ -381,7 +381,7 @@ def bench_e2e(cfg: DictConfig) -> dict:
         "model": cfg.model.name, "data": cfg.data.name, "crop_size": cfg.model.crop_size,
         "batch_size": cfg.data.batch_size, "precision": str(cfg.trainer.precision), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "num_workers": cfg.data.num_workers, "cpus": len(os.sched_getaffinity(0)),
+        "num_workers": cfg.data.num_workers, "cpus": cpus(),
         "e2e": {"flmk_img_s": flmk_run["img_s"], "plain_img_s": plain, "ratio": flmk_run["img_s"] / plain,
                 "epochs": flmk_run["epochs"],
                 # where an epoch's time goes: its training part alone against the plain loop, its fixed costs, and
