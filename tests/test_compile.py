@@ -12,7 +12,7 @@ from torch import nn
 from conftest import compose_train
 from flmk import Landmarker
 from flmk.compiled import bucket, compile_options, pad_rows, unpad
-from flmk.data.transforms import crop_affine
+from flmk.data.transforms import crop_affine, normalise_chw
 from flmk.landmarker import TorchNet, compile_mode
 from flmk.models.baseline import BRNet, PointLoss
 from flmk.models.module import LandmarkModule, to_original
@@ -136,6 +136,9 @@ def test_compiled_inference_path_gives_the_eager_points():
         assert want.shape == (n, 68, 2)
         np.testing.assert_allclose(compiled(x, a), want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(fallback(x, a), want)
+        # uint8 crops, as Landmarker.crop gives them: normalised inside the compiled path
+        x8 = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
+        np.testing.assert_allclose(compiled(x8, a), eager(normalise_chw(x8), a), rtol=1e-5, atol=1e-4)
 
 
 def test_trackers_stay_eager():

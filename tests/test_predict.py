@@ -20,7 +20,7 @@ from flmk import Landmarker
 from flmk.checkpoint import CheckpointError
 from flmk.data.images import read_rgb
 from flmk.data.sources.pts import read_pts
-from flmk.data.transforms import crop_affine, crop_to_original
+from flmk.data.transforms import crop_affine, crop_to_original, normalise_chw, normalise_image
 from flmk.landmarker import BoxTracker, points_box
 from flmk.metrics import jitter, jitter_terms
 from flmk.models.module import to_original
@@ -76,6 +76,19 @@ def test_landmarker_crops_and_maps_back_like_the_data_module(ckpt, synthetic_roo
     faces = lm(read_rgb(path), boxes=[record.box_or_points_box()])
     assert len(faces) == 1 and faces[0]["layout"] == "68"
     assert np.abs(np.array(faces[0]["points"]) - expected).max() < 2e-3
+
+
+def test_crops_travel_as_bytes_and_each_backend_normalises_them(ckpt, synthetic_root):
+    """Landmarker.crop gives uint8 crops (a quarter of float32's bytes to move to a GPU); the torch backend
+    normalises them on its device as training does, to the same points as crops normalised beforehand."""
+    lm = Landmarker.from_checkpoint(ckpt, device="cpu")
+    path, pts = stills(synthetic_root, 1)[0]
+    x, a = lm.crop(read_rgb(path), points_box(pts)[None])
+    assert x.dtype == np.uint8 and x.shape == (1, 3, 64, 64)
+    np.testing.assert_allclose(normalise_chw(x), normalise_image(torch.from_numpy(x)).numpy(), atol=1e-6, rtol=0)
+    f = normalise_chw(x)
+    assert f.dtype == np.float32 and normalise_chw(f) is f  # float crops count as normalised already
+    np.testing.assert_allclose(lm.net(x, a), lm.net(normalise_chw(x), a), atol=1e-4, rtol=0)
 
 
 def check_schema(entries: list[dict]) -> None:
@@ -256,6 +269,10 @@ def test_export_onnx_parity_and_onnx_backend_without_torch(tmp_path, ckpt, synth
     assert Landmarker.from_onnx(tmp_path / "m.onnx", threads=2).net.threads == 2
     theirs = np.array([f["points"] for f in Landmarker.from_checkpoint(ckpt, device="cpu")(rgb, boxes=boxes)])
     assert np.abs(ours - theirs).max() <= 0.01
+    # uint8 crops (Landmarker.crop's) and crops normalised beforehand give the ONNX graph the same input
+    onnx = Landmarker.from_onnx(tmp_path / "m.onnx")
+    x, a = onnx.crop(rgb, np.array(boxes))
+    np.testing.assert_array_equal(onnx.net(x, a), onnx.net(normalise_chw(x), a))
     # flmk.predict backend=onnx in a process where torch cannot be imported
     folder = tmp_path / "in"
     folder.mkdir()

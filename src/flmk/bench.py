@@ -38,6 +38,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -47,6 +48,7 @@ from rich.table import Table
 
 from flmk.compiled import compile_fn
 from flmk.data.device_augment import finish_batch
+from flmk.data.transforms import to_chw_uint8, to_uint8_image
 from flmk.predict import cpus
 from flmk.train import CONF_DIR, build_datamodule, build_module
 
@@ -160,16 +162,18 @@ def latency(module, batch: dict, b: DictConfig, device: torch.device, cache: dic
            "batch_sizes": sizes}
     for n in sizes:
         image = batch["image"][:n].float()
-        x, a = image.cpu().numpy(), batch["affine"][:n].float().cpu().numpy()
+        # flmk's path takes uint8 crops, as Landmarker.crop makes them (these: the batch's crops back in bytes)
+        x = np.stack([to_chw_uint8(to_uint8_image(i)) for i in image.cpu().numpy()])
+        a = batch["affine"][:n].float().cpu().numpy()
         with torch.no_grad():  # as Runner.infer: the graphs of a compiled run serve here too
             row = {"net_eager_ms": _latency_ms(lambda: net(image), b.steps, b.warmup, device),
                    "net_compiled_ms": _latency_ms(lambda: bare(image), b.steps, warmup, device)}
         row["flmk_eager_ms"] = _latency_ms(lambda: flmk_eager(x, a), b.steps, b.warmup, device)
         row["flmk_compiled_ms"] = _latency_ms(lambda: flmk_compiled(x, a), b.steps, warmup, device)
         if flmk_compiled.compiled is not None:  # the same graph on inputs already on the device: no copies
-            affine = batch["affine"][:n].float()
+            affine, x_dev = batch["affine"][:n].float(), torch.from_numpy(x).to(device)
             with torch.inference_mode():
-                row["flmk_compiled_on_device_ms"] = _latency_ms(lambda: flmk_compiled.compiled(image, affine),
+                row["flmk_compiled_on_device_ms"] = _latency_ms(lambda: flmk_compiled.compiled(x_dev, affine),
                                                                 b.steps, warmup, device)
         row["ratio"] = row["flmk_compiled_ms"] / row["net_compiled_ms"]
         row["meets_goal"] = row["ratio"] <= LATENCY_GOAL

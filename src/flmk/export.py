@@ -32,6 +32,7 @@ from torch import nn
 
 from flmk.checkpoint import CheckpointError, load_module
 from flmk.data.images import read_rgb, write_atomic
+from flmk.data.transforms import crop_affine, normalise_chw
 from flmk.landmarker import Landmarker, TorchNet
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -57,7 +58,7 @@ QUANTIZE = ("int8",)
 
 def parity_faces(lm: Landmarker, pattern: str, limit: int = 8,
                  exclude: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Crops, affines and boxes of up to ``limit`` detected real faces (the first of each image matching the
+    """Normalised crops (the exported graph's input), affines and boxes of up to ``limit`` detected real faces (the first of each image matching the
     glob ``pattern``, ``**`` recursive, none matching ``exclude``); random crops when none are found."""
     skip = set(glob.glob(exclude, recursive=True)) if exclude else set()
     crops, affines, found = [], [], []
@@ -73,11 +74,10 @@ def parity_faces(lm: Landmarker, pattern: str, limit: int = 8,
         if len(crops) == limit:
             break
     if crops:
-        return np.concatenate(crops), np.concatenate(affines), np.concatenate(found), f"{len(crops)} real faces ({pattern})"
+        return (normalise_chw(np.concatenate(crops)), np.concatenate(affines), np.concatenate(found),
+                f"{len(crops)} real faces ({pattern})")
     s = lm.crop_size
     rng = np.random.default_rng(0)
-    from flmk.data.transforms import crop_affine
-
     box = np.array([0.0, 0.0, 100.0, 100.0])
     a = np.stack([crop_affine(box, s, lm.crop_scale)] * 4).astype(np.float32)
     return (rng.normal(size=(4, 3, s, s)).astype(np.float32), a, np.stack([box] * 4),

@@ -8,7 +8,8 @@
     for faces in lm.track(frames): ...          # video: box tracking, trackers carry their state
 
 Faces are cropped with the data module's own functions (``crop_affine`` with the checkpoint's crop
-size and margin, ``warp_crop``, ``to_tensor_image``) and points come back through the inverse crop
+size and margin, ``warp_crop``; uint8 crops, normalised as in training by ``normalise_image`` on the torch
+backend's device or ``normalise_chw`` in numpy under onnxruntime) and points come back through the inverse crop
 affine (``to_original`` in PyTorch, its numpy twin ``crop_to_original`` under onnxruntime), so a face
 is seen exactly as in training and evaluation. The ONNX backend imports neither torch nor Lightning.
 ``compile=`` runs the torch path (network, its decoder, the inverse affine) under torch.compile with
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flmk.data.transforms import crop_affine, crop_to_original, to_tensor_image, warp_crop
+from flmk.data.transforms import crop_affine, crop_to_original, normalise_chw, to_chw_uint8, warp_crop
 from flmk.detectors import DlibHOG, box_iou
 
 
@@ -45,9 +46,9 @@ def compile_mode(compile: bool | str | None) -> str | None:
 
 
 class CompiledPoints:
-    """The torch inference path as one function under torch.compile (dynamic=False): crops (n, 3, S, S) and
-    affines (n, 2, 3) on the device -> network -> its decoder -> ``to_original`` -> points (n, N, 2) in original
-    pixels; with mode reduce-overhead one CUDA graph replays all of it. (One function, not the network and
+    """The torch inference path as one function under torch.compile (dynamic=False): uint8 crops (n, 3, S, S) and
+    affines (n, 2, 3) on the device -> normalisation -> network -> its decoder -> ``to_original`` -> points (n, N, 2)
+    in original pixels; with mode reduce-overhead one CUDA graph replays all of it. (One function, not the network and
     ``to_original`` compiled apart: each call of a compiled function starts a new CUDA-graph generation, which
     would have to copy the first one's outputs out of the graph's memory.) A batch of n faces is padded to
     ``bucket(n, max_batch)`` (1, 2, 4, ... max_batch), each bucket compiled and recorded on first use or by
@@ -55,10 +56,11 @@ class CompiledPoints:
 
     def __init__(self, net, crop_size: int, mode: str, max_batch: int, backend: str = "inductor"):
         from flmk.compiled import compile_fn
+        from flmk.data.transforms import normalise_image
         from flmk.models.module import to_original
 
         def points(image, affine):
-            return to_original(net(image)["points"], affine, crop_size)
+            return to_original(net(normalise_image(image))["points"], affine, crop_size)
 
         self.path = compile_fn(points, mode, backend)
         self.crop_size, self.max_batch = crop_size, max_batch
@@ -81,7 +83,7 @@ class CompiledPoints:
         from flmk.compiled import bucket
 
         for rows in sorted({bucket(min(n, self.max_batch), self.max_batch) for n in sizes}):
-            image = torch.zeros(rows, 3, self.crop_size, self.crop_size, device=device)
+            image = torch.zeros(rows, 3, self.crop_size, self.crop_size, dtype=torch.uint8, device=device)
             affine = torch.eye(2, 3, device=device).expand(rows, 2, 3).contiguous()
             with torch.inference_mode():
                 for _ in range(calls):
@@ -125,15 +127,22 @@ class TorchNet:
         aff = self.torch.from_numpy(affines).to(self.device)
         return to_original(points.float(), aff, self.desc["crop_size"]).cpu().numpy().astype(np.float64)
 
+    def _image(self, x: np.ndarray):
+        """Crops on the device: uint8 travel as bytes (a quarter of float32's) and are normalised there."""
+        from flmk.data.transforms import normalise_image
+
+        return normalise_image(self.torch.from_numpy(x).to(self.device))
+
     def __call__(self, x: np.ndarray, affines: np.ndarray) -> np.ndarray:
-        """Crops (B, 3, S, S) and their affines -> points (B, N, 2) in original pixels."""
+        """Crops (B, 3, S, S), uint8 (Landmarker.crop) or normalised float, and their affines -> points (B, N, 2)
+        in original pixels."""
         if self.is_tracker:  # one frame, a fresh state: a tracker's first frame
             return np.concatenate([self.step(x[i:i + 1], affines[i:i + 1], self.init_state())[0] for i in range(len(x))])
-        image = self.torch.from_numpy(x).to(self.device)
-        if self.compiled is not None:
+        if self.compiled is not None:  # normalised inside the compiled path (float crops: one more graph)
+            image = self.torch.from_numpy(x).to(self.device)
             points = self._run(self.compiled, image, self.torch.from_numpy(affines).to(self.device))
             return points.cpu().numpy().astype(np.float64)
-        return self._back(self._run(self.net, image)["points"], affines)
+        return self._back(self._run(self.net, self._image(x))["points"], affines)
 
     def init_state(self):
         import inspect
@@ -144,7 +153,7 @@ class TorchNet:
 
     def step(self, x: np.ndarray, affines: np.ndarray, state):
         """One frame of one track (1, 3, S, S) with the tracker's state -> (points (1, N, 2), next state)."""
-        out, state = self._run(self.net.step, self.torch.from_numpy(x).to(self.device), state)
+        out, state = self._run(self.net.step, self._image(x), state)
         return self._back(out["points"], affines), state
 
 
@@ -191,7 +200,7 @@ class OnnxNet:
         self.threads = threads
 
     def __call__(self, x: np.ndarray, affines: np.ndarray) -> np.ndarray:
-        points = self.session.run(["points"], {self.input: x})[0]
+        points = self.session.run(["points"], {self.input: normalise_chw(x)})[0]
         return crop_to_original(points, affines, self.desc["crop_size"])
 
 
@@ -272,9 +281,10 @@ class Landmarker:
 
     # -- one image -----------------------------------------------------------------------------------
     def crop(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network inputs (K, 3, S, S) and affines (K, 2, 3) for K boxes, as the data module crops them."""
+        """uint8 crops (K, 3, S, S) and affines (K, 2, 3) for K boxes, as the data module crops them; the backend
+        normalises them (TorchNet on its device, OnnxNet in numpy)."""
         affines = np.stack([crop_affine(b, self.crop_size, self.crop_scale) for b in boxes]).astype(np.float32)
-        crops = np.stack([to_tensor_image(warp_crop(image, m, self.crop_size)) for m in affines])
+        crops = np.stack([to_chw_uint8(warp_crop(image, m, self.crop_size)) for m in affines])
         return crops, affines
 
     def find(self, image: np.ndarray, boxes=None) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +309,7 @@ class Landmarker:
         crops, affines = [], []
 
         def flush():
-            x = np.concatenate(crops) if crops else np.zeros((0, 3, self.crop_size, self.crop_size), np.float32)
+            x = np.concatenate(crops) if crops else np.zeros((0, 3, self.crop_size, self.crop_size), np.uint8)
             a = np.concatenate(affines) if affines else np.zeros((0, 2, 3), np.float32)
             pts = np.concatenate([self.net(x[i:i + self.batch_size], a[i:i + self.batch_size])
                                   for i in range(0, len(x), self.batch_size)]) if len(x) else np.zeros((0, 0, 2))

@@ -21,8 +21,10 @@ import numpy as np
 
 from flmk.layouts import Layout
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# ImageNet's channel statistics: Python floats for torch (torch.compile takes them as constants; it cannot guard a
+# numpy global under inference_mode), float32 arrays for numpy
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_MEAN, IMAGENET_STD = (np.array(v, dtype=np.float32) for v in IMAGENET_MEAN_STD)
 
 # Photometric ranges, shared by the albumentations pipeline and device augmentation [assume, notes §1.3]
 COLOR_JITTER = (0.3, 0.3, 0.3, 0.05)  # brightness, contrast, saturation, hue
@@ -230,8 +232,15 @@ class FaceTransform:
 
 def to_tensor_image(crop: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 RGB -> float32 3xHxW, ImageNet-normalised."""
-    x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return normalise_chw(to_chw_uint8(crop))
+
+
+def normalise_chw(x: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, in numpy (:func:`normalise_image` on a device); float
+    input is taken as normalised already and returned as is."""
+    if x.dtype != np.uint8:
+        return x
+    return (x.astype(np.float32) / 255.0 - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
 def to_uint8_image(x: np.ndarray) -> np.ndarray:
@@ -256,6 +265,5 @@ def normalise_image(x: "torch.Tensor", scale: float | None = None) -> "torch.Ten
 
     if x.dtype != torch.uint8 and scale is None:
         return x
-    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(3, 1, 1) for v in IMAGENET_MEAN_STD)
     return (x.float() / (scale or 255.0) - mean) / std
