@@ -82,6 +82,8 @@ def test_checkpoints_written_in_background_equal_the_synchronous_ones(tmp_path, 
     """checkpoint_background=true: the same last.ckpt, best.ckpt (epoch, step, weights) and test numbers."""
     from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
+    from hydra.errors import InstantiationException
+
     from flmk.errors import OptionError
     from flmk.runstate import AtomicCheckpointIO, checkpoint_io
 
@@ -89,6 +91,11 @@ def test_checkpoints_written_in_background_equal_the_synchronous_ones(tmp_path, 
     assert isinstance(checkpoint_io(background=True).checkpoint_io, AtomicCheckpointIO)
     with pytest.raises(OptionError, match="checkpoint_background='maybe': expected true or false"):
         checkpoint_io(background="maybe")
+    bad = tmp_path / "bad"
+    # through flmk.train (whose command line prints the OptionError in one line): stopped before any log is written
+    with pytest.raises(InstantiationException, match="checkpoint_background='maybe'"):
+        train(compose_train(RUN + ["checkpoint_background=maybe"], bad, synthetic_root))
+    assert not (bad / "csv").exists()
     run = tmp_path / "run"
     train(compose_train(RUN + ["checkpoint_background=true"], run, synthetic_root))
     assert_same_run(uninterrupted, run)

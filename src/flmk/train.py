@@ -136,11 +136,12 @@ def train(cfg: DictConfig) -> dict:
         module.set_mean_shape(dm.mean_shape())
     module.flmk_config = describe(cfg)
     loggers = build_loggers(cfg)
+    # the Trainer first: a bad trainer option (plugins, callbacks) stops the run before any log is written
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg),
+                                      default_root_dir=str(out_dir))
     continue_csv_logs(loggers, cfg.get("ckpt_path"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg),
-                                      default_root_dir=str(out_dir))
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     except NonFiniteLossError as e:
