@@ -427,7 +427,7 @@ def bench(cfg: DictConfig) -> dict:
     module.set_mean_shape(dm.mean_shape())
     module.to(device)
     batch = _to(_repeat(next(iter(dm.train_dataloader())), b.batch_size), device, b.channels_last, module.crop_size)
-    frames = batch["image"].shape[0] * (batch["image"].shape[1] if batch["image"].dim() == 5 else 1)
+    frames = _batch_images(batch)
     precisions = [p for p in b.precisions if device.type == "cuda" or p == "fp32"]
     results = {
         "model": cfg.model.name, "data": cfg.data.name, "crop_size": cfg.model.crop_size, "batch_size": b.batch_size,
