@@ -176,6 +176,11 @@ class LandmarkModule(pl.LightningModule):
             if hasattr(net, "set_mean_shape"):
                 net.set_mean_shape(self.mean_shape)
 
+    @property
+    def eval_net(self) -> nn.Module:
+        """The net that validation and test score: the EMA copy with model.ema_decay, else the trained net."""
+        return self.net if self.ema is None else self.ema.module
+
     def setup(self, stage: str) -> None:
         """model.compile: compile the net and its EMA copy in place (``nn.Module.compile``: the state-dict keys stay
         those of the plain net, no ``_orig_mod.``) once a Trainer uses the module; a module rebuilt from a
@@ -226,7 +231,7 @@ class LandmarkModule(pl.LightningModule):
         """model.precise_bn: the evaluated net's BN statistics from the last training batches (see __init__)."""
         if not self.recent_batches:  # off, the sanity check, or a validation before any training step
             return
-        net = self.net if self.ema is None else self.ema.module
+        net = self.eval_net
         with self.trainer.precision_plugin.forward_context():
             # update_bn puts the module it is given back in that module's mode: the net's (eval, for validation)
             update_bn(self.recent_batches, TrainForward(net, self.net_takes_points).train(net.training))
@@ -255,7 +260,7 @@ class LandmarkModule(pl.LightningModule):
     def predict_eval(self, image: torch.Tensor) -> dict:
         """Validation/test outputs: the EMA weights if ``ema_decay``; with ``test_flip`` the points are the
         mean of the prediction and the mirrored image's prediction, mapped back (x -> 1 - x, flip permutation)."""
-        net = self.net if self.ema is None else self.ema.module
+        net = self.eval_net
         n = rows = image.shape[0]
         if self.compile_options is not None:  # a smaller last batch is padded: no new graph for it
             self.eval_rows = rows = max(self.eval_rows, n)
