@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from flmk.data.transforms import IMAGENET_MEAN_STD
+
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_MEAN_STD  # Python floats, as uniform_noise_like's defaults
 
 
 def uniform_noise_like(image: torch.Tensor, generator: torch.Generator | None = None,
