@@ -58,8 +58,9 @@ QUANTIZE = ("int8",)
 
 def parity_faces(lm: Landmarker, pattern: str, limit: int = 8,
                  exclude: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Normalised crops (the exported graph's input), affines and boxes of up to ``limit`` detected real faces (the first of each image matching the
-    glob ``pattern``, ``**`` recursive, none matching ``exclude``); random crops when none are found."""
+    """Normalised crops (the exported graph's input), affines and boxes of up to ``limit`` detected real faces
+    (the first of each image matching the glob ``pattern``, ``**`` recursive, none matching ``exclude``); random
+    crops when none are found."""
     skip = set(glob.glob(exclude, recursive=True)) if exclude else set()
     crops, affines, found = [], [], []
     for path in sorted(set(glob.glob(pattern, recursive=True)) - skip):
