@@ -228,6 +228,14 @@ def test_invalid_option_value_exit_2_no_run_folder(tmp_path):
     assert left_behind(tmp_path) == [] and not any((tmp_path / "cwd").iterdir())
 
 
+# -- row: a module option of the wrong type (model.precise_bn=abc) ---------------------------------------------------
+@pytest.mark.parametrize("option", ["model.precise_bn=abc", "model.ema_decay=abc", "model.finite_check_every=1.5"])
+def test_module_option_of_the_wrong_type_exit_2_no_run_folder(tmp_path, option):
+    done = flmk(tmp_path, "model=baseline", "model.pretrained=false", option)
+    assert_one_clear_line(done, f"{option.split('=')[0]}=", "expected")
+    assert not any((tmp_path / "cwd").iterdir())
+
+
 def test_hydra_full_error_keeps_the_trace(tmp_path):
     done = flmk(tmp_path, "trainer.max_epochs=abc", env={"HYDRA_FULL_ERROR": "1"})
     assert done.returncode == 1 and "Traceback" in done.stderr and "OptionError" in done.stderr

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import compose_train
+from flmk.errors import OptionError
 from flmk.models.module import LandmarkModule
 from flmk.train import train
 from test_train import FAST
@@ -80,7 +81,7 @@ def test_off_by_default_and_a_bad_value_names_the_option():
     module.on_validation_epoch_start()
     torch.testing.assert_close(module.net.bn.running_mean, running)
     assert not module.recent_batches
-    with pytest.raises(ValueError, match="model.precise_bn=-1"):
+    with pytest.raises(OptionError, match="model.precise_bn=-1"):  # one line from flmk.train, exit 2
         LandmarkModule(BNFirst(), nn.Identity(), torch.optim.SGD, layout="68", crop_size=8, precise_bn=-1)
 
 

@@ -18,15 +18,19 @@ def check_target_args(node: DictConfig, where: str) -> None:
     Keys without a usable annotation, and nested configs, are left to the class itself.
     """
     import hydra
+
+    check_args(hydra.utils.get_class(node._target_), OmegaConf.to_container(node, resolve=True), where)
+
+
+def check_args(cls: type, values: dict, where: str) -> None:
+    """Each of ``values`` against the type ``cls.__init__`` declares for its key (see check_target_args)."""
     from pydantic import TypeAdapter, ValidationError
     from pydantic.errors import PydanticSchemaGenerationError
 
-    cls = hydra.utils.get_class(node._target_)
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check against
         return
-    values = OmegaConf.to_container(node, resolve=True)
     for key, value in values.items():
         if key not in hints or key.startswith("_") or isinstance(value, dict):  # nested configs: their own checks
             continue
@@ -42,7 +46,7 @@ def check_target_args(node: DictConfig, where: str) -> None:
 
 
 def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 def check_row_model(conf_dir: str | Path, ablation: str | None, command_line: list[str]) -> None:
@@ -67,3 +71,10 @@ def check_options(cfg: DictConfig, conf_dir: str | Path, ablation: str | None, c
     for group in ("trainer", "data"):
         if cfg.get(group) is not None and "_target_" in cfg[group]:
             check_target_args(cfg[group], group)
+    model = cfg.get("model")
+    if model is not None:  # the module options of model.* (ema_decay, precise_bn, ...) against LandmarkModule's types
+        import hydra
+
+        cls = hydra.utils.get_class(model.get("module_target", "flmk.models.module.LandmarkModule"))
+        values = {k: model[k] for k in model if not OmegaConf.is_missing(model, k) and not OmegaConf.is_config(model[k])}
+        check_args(cls, values, "model")

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from flmk.compiled import compile_options, pad_rows, unpad, uses_cuda_graphs
 from flmk.data.device_augment import finish_batch
+from flmk.errors import OptionError
 from flmk.layouts import get_layout
 from flmk.metrics import LandmarkMetrics, jitter_terms
 
@@ -118,7 +119,7 @@ class LandmarkModule(pl.LightningModule):
         self.net, self.loss = net, loss
         # model.ema_decay: val/test (and checkpoints' ema.module.*) use an EMA of the weights; null = off
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"model.ema_decay={ema_decay}: expected a decay in (0, 1), or null for no EMA")
+            raise OptionError(f"model.ema_decay={ema_decay}: expected a decay in (0, 1), or null for no EMA")
         self.ema = None if ema_decay is None else AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(ema_decay),
                                                                   use_buffers=True).requires_grad_(False)
         # model.precise_bn: before each validation the evaluated net's BatchNorm statistics are recomputed, a plain
@@ -126,7 +127,7 @@ class LandmarkModule(pl.LightningModule):
         # validation uses, instead of the running statistics' momentum-0.1 average over batches of earlier weights;
         # 0 = off (the papers). Those batches stay in memory (on the device) until the validation.
         if precise_bn < 0:
-            raise ValueError(f"model.precise_bn={precise_bn}: expected a number of training batches >= 0 (0 = off)")
+            raise OptionError(f"model.precise_bn={precise_bn}: expected a number of training batches >= 0 (0 = off)")
         self.recent_batches: deque[dict] = deque(maxlen=precise_bn)
         self.test_flip = test_flip  # model.test_flip: average with the un-flipped prediction of the mirrored image
         # nets that use the ground truth while training (SRN's noise occlusion centred on a true landmark)
@@ -145,7 +146,7 @@ class LandmarkModule(pl.LightningModule):
         # model.finite_check_every: the loss is checked for NaN/inf on the device every step and the flag read back
         # every that many steps and before any checkpoint is written, so a GPU never waits on the host for it
         if finite_check_every < 1:
-            raise ValueError(f"model.finite_check_every={finite_check_every}: expected a whole number >= 1")
+            raise OptionError(f"model.finite_check_every={finite_check_every}: expected a whole number >= 1")
         self.finite_check_every = finite_check_every
         self._nonfinite: torch.Tensor | None = None  # device flag: a loss since the last read-back was NaN/inf
         # model.compile / compile_mode: the net (and its EMA copy) under torch.compile, static shapes (see setup)
